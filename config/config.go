@@ -1,0 +1,275 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+)
+
+// Config is everything `relay run` needs. Zero values never reach the
+// relay: Load fills defaults and validates.
+type Config struct {
+	DatabaseURL     string
+	AMQPURLs        []string
+	HTTPAddr        string
+	BatchSize       int
+	Workers         int
+	PollInterval    time.Duration
+	ConfirmTimeout  time.Duration
+	MaxAttempts     int
+	RetryBase       time.Duration
+	RetryMax        time.Duration
+	ReconnectMin    time.Duration
+	ReconnectMax    time.Duration
+	Heartbeat       time.Duration
+	MaxPayloadBytes int
+	ShutdownTimeout time.Duration
+	LogLevel        string
+	LogFormat       string
+}
+
+// key describes one configuration key: its name, default, help text and
+// how to store a raw value into Config.
+type key struct {
+	name  string
+	def   string
+	help  string
+	apply func(c *Config, raw string) error
+}
+
+var keys = []key{
+	{"database_url", "", "PostgreSQL URL (postgres://user:pass@host:port/db); required", func(c *Config, s string) error {
+		if s == "" {
+			return nil // required-ness depends on the command: see Load
+		}
+		u, err := url.Parse(s)
+		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+			return fmt.Errorf("must be a postgres:// URL with a host, got %s", Redact(s))
+		}
+		c.DatabaseURL = s
+		return nil
+	}},
+	{"amqp_url", "", "RabbitMQ URL(s), comma-separated for a failover list; required", func(c *Config, s string) error {
+		c.AMQPURLs = nil
+		for _, part := range strings.Split(s, ",") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			u, err := url.Parse(part)
+			if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
+				return fmt.Errorf("must be amqp:// or amqps:// URLs with a host, got %s", Redact(part))
+			}
+			c.AMQPURLs = append(c.AMQPURLs, part)
+		}
+		return nil
+	}},
+	{"http_addr", "127.0.0.1:9600", "address for /metrics, /healthz and /readyz; empty disables", func(c *Config, s string) error {
+		c.HTTPAddr = s
+		return nil
+	}},
+	{"batch_size", "500", "rows claimed per batch", intIn(1, 100_000, func(c *Config, v int) { c.BatchSize = v })},
+	{"workers", "2", "concurrent claim/publish loops, each with its own AMQP channel", intIn(1, 64, func(c *Config, v int) { c.Workers = v })},
+	{"poll_interval", "1s", "fallback poll when no insert notification arrives", durationIn(time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.PollInterval = v })},
+	{"confirm_timeout", "30s", "how long to wait for a publisher confirm before counting a failed attempt", durationIn(time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.ConfirmTimeout = v })},
+	{"max_attempts", "10", "failed attempts after which a row is parked as dead", intIn(1, 1_000_000, func(c *Config, v int) { c.MaxAttempts = v })},
+	{"retry_base", "1s", "backoff after the first failed attempt; doubles each attempt", durationIn(time.Millisecond, 24*time.Hour, func(c *Config, v time.Duration) { c.RetryBase = v })},
+	{"retry_max", "5m", "longest backoff between attempts", durationIn(time.Millisecond, 7*24*time.Hour, func(c *Config, v time.Duration) { c.RetryMax = v })},
+	{"reconnect_min", "100ms", "first delay before reconnecting to a broker or database", durationIn(time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.ReconnectMin = v })},
+	{"reconnect_max", "15s", "longest delay between reconnect attempts", durationIn(time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.ReconnectMax = v })},
+	{"heartbeat", "10s", "AMQP heartbeat interval", durationIn(time.Second, time.Hour, func(c *Config, v time.Duration) { c.Heartbeat = v })},
+	{"max_payload_bytes", "16777216", "payloads larger than this are failed without publishing (keep at or below the broker's max_message_size)", intIn(1, 512<<20, func(c *Config, v int) { c.MaxPayloadBytes = v })},
+	{"shutdown_timeout", "10s", "on SIGTERM, how long in-flight batches may take to finish before they are abandoned", durationIn(0, time.Hour, func(c *Config, v time.Duration) { c.ShutdownTimeout = v })},
+	{"log_level", "info", "debug, info, warn or error", oneOf([]string{"debug", "info", "warn", "error"}, func(c *Config, v string) { c.LogLevel = v })},
+	{"log_format", "json", "json or text", oneOf([]string{"json", "text"}, func(c *Config, v string) { c.LogFormat = v })},
+}
+
+// Flags returns a flag set with one string flag per key (batch_size becomes
+// --batch-size) plus --config. Flags are strings so that every source is
+// parsed and reported the same way.
+func Flags(name string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.String("config", "", "YAML configuration file")
+	for _, k := range keys {
+		fs.String(flagName(k.name), "", fmt.Sprintf("%s (env RELAY_%s, default %q)", k.help, strings.ToUpper(k.name), k.def))
+	}
+	return fs
+}
+
+func flagName(k string) string { return strings.ReplaceAll(k, "_", "-") }
+
+// Keys a command may require with Load.
+const (
+	KeyDatabaseURL = "database_url"
+	KeyAMQPURL     = "amqp_url"
+)
+
+// Load reads defaults, the --config file, RELAY_* variables from environ and
+// the flags already parsed into fs, later wins, and validates the result.
+// The keys in required must be set (migrate needs no broker, run does).
+func Load(fs *pflag.FlagSet, environ []string, required ...string) (Config, error) {
+	v := viper.New()
+	for _, k := range keys {
+		v.SetDefault(k.name, k.def)
+	}
+	if fs != nil {
+		if f := fs.Lookup("config"); f != nil && f.Value.String() != "" {
+			v.SetConfigFile(f.Value.String())
+			v.SetConfigType("yaml")
+			if err := v.ReadInConfig(); err != nil {
+				return Config{}, fmt.Errorf("config: file %s: %w", f.Value.String(), oneLine(err))
+			}
+			for _, name := range v.AllKeys() {
+				if !known(name) {
+					return Config{}, fmt.Errorf("config: file %s: unknown key %q", f.Value.String(), name)
+				}
+			}
+		}
+	}
+	env := map[string]string{}
+	for _, kv := range environ {
+		if name, val, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(name, "RELAY_") {
+			env[name] = val
+		}
+	}
+	var c Config
+	for _, k := range keys {
+		raw := rawString(v.Get(k.name))
+		source := "default"
+		if v.InConfig(k.name) {
+			source = "config file"
+		}
+		if val, ok := env["RELAY_"+strings.ToUpper(k.name)]; ok {
+			raw, source = val, "RELAY_"+strings.ToUpper(k.name)
+		}
+		if fs != nil {
+			if f := fs.Lookup(flagName(k.name)); f != nil && f.Changed {
+				raw, source = f.Value.String(), "--"+flagName(k.name)
+			}
+		}
+		if err := k.apply(&c, strings.TrimSpace(raw)); err != nil {
+			return Config{}, fmt.Errorf("config: %s (from %s): %w", k.name, source, err)
+		}
+	}
+	for _, k := range required {
+		if (k == KeyDatabaseURL && c.DatabaseURL == "") || (k == KeyAMQPURL && len(c.AMQPURLs) == 0) {
+			return Config{}, fmt.Errorf("config: %s: is required (set RELAY_%s or --%s)", k, strings.ToUpper(k), flagName(k))
+		}
+	}
+	if c.RetryMax < c.RetryBase {
+		return Config{}, fmt.Errorf("config: retry_max: must be at least retry_base (%s)", c.RetryBase)
+	}
+	if c.ReconnectMax < c.ReconnectMin {
+		return Config{}, fmt.Errorf("config: reconnect_max: must be at least reconnect_min (%s)", c.ReconnectMin)
+	}
+	return c, nil
+}
+
+
+// rawString turns a value viper read (a YAML scalar or list) into the
+// string form the parsers take; a YAML list becomes a comma-separated one.
+func rawString(v any) string {
+	if list, ok := v.([]any); ok {
+		parts := make([]string, len(list))
+		for i, p := range list {
+			parts[i] = fmt.Sprint(p)
+		}
+		return strings.Join(parts, ",")
+	}
+	if v == nil {
+		return ""
+	}
+	return fmt.Sprint(v)
+}
+
+func known(name string) bool {
+	for _, k := range keys {
+		if k.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func oneLine(err error) error {
+	return errors.New(strings.Join(strings.Fields(err.Error()), " "))
+}
+
+func intIn(lo, hi int, set func(*Config, int)) func(*Config, string) error {
+	return func(c *Config, s string) error {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			f, ferr := strconv.ParseFloat(s, 64) // YAML may hand us 500.0
+			if ferr != nil || f != math.Trunc(f) {
+				return fmt.Errorf("must be a whole number, got %q", s)
+			}
+			n = int64(f)
+		}
+		if n < int64(lo) || n > int64(hi) {
+			return fmt.Errorf("must be between %d and %d, got %d", lo, hi, n)
+		}
+		set(c, int(n))
+		return nil
+	}
+}
+
+func durationIn(lo, hi time.Duration, set func(*Config, time.Duration)) func(*Config, string) error {
+	return func(c *Config, s string) error {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("must be a duration such as 500ms or 2s, got %q", s)
+		}
+		if d < lo || d > hi {
+			return fmt.Errorf("must be between %s and %s, got %s", lo, hi, d)
+		}
+		set(c, d)
+		return nil
+	}
+}
+
+func oneOf(allowed []string, set func(*Config, string)) func(*Config, string) error {
+	return func(c *Config, s string) error {
+		s = strings.ToLower(s)
+		for _, a := range allowed {
+			if s == a {
+				set(c, s)
+				return nil
+			}
+		}
+		return fmt.Errorf("must be one of %s, got %q", strings.Join(allowed, ", "), s)
+	}
+}
+
+// Redact returns rawURL with any password replaced, safe to log. A value
+// that does not parse as a URL is replaced whole, since it may be a secret.
+func Redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Host == "" {
+		return "<unparseable URL>"
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	q := u.Query()
+	if q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+// Describe lists each key with its default and help, for `relay help config`.
+func Describe() [][3]string {
+	out := make([][3]string, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, [3]string{k.name, k.def, k.help})
+	}
+	return out
+}

@@ -1,0 +1,283 @@
+// Package testenv gives tests the real PostgreSQL and RabbitMQ they run
+// against. It reads RELAY_TEST_* variables, or starts the services itself
+// with scripts/services.sh. A missing service fails the test when CI=true
+// and skips it (saying why) otherwise.
+package testenv
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/migrations"
+)
+
+// Env holds the service URLs.
+type Env struct {
+	DatabaseURL   string
+	AMQPURL       string
+	ManagementURL string
+}
+
+var (
+	once    sync.Once
+	env     Env
+	envErr  error
+	rootDir string
+)
+
+// Root returns the repository root (the folder holding go.mod).
+func Root() string {
+	if rootDir != "" {
+		return rootDir
+	}
+	dir, _ := os.Getwd()
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			rootDir = dir
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			panic("testenv: go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+func load() (Env, error) {
+	e := Env{
+		DatabaseURL:   os.Getenv("RELAY_TEST_DATABASE_URL"),
+		AMQPURL:       os.Getenv("RELAY_TEST_AMQP_URL"),
+		ManagementURL: os.Getenv("RELAY_TEST_MANAGEMENT_URL"),
+	}
+	if e.DatabaseURL != "" && e.AMQPURL != "" {
+		return e, nil
+	}
+	cmd := exec.Command(filepath.Join(Root(), "scripts", "services.sh"), "up")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return e, fmt.Errorf("scripts/services.sh up: %v\n%s", err, stderr.String())
+	}
+	sc := bufio.NewScanner(&stdout)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(strings.TrimPrefix(sc.Text(), "export "), "=")
+		if !ok {
+			continue
+		}
+		v = strings.Trim(v, `'"`)
+		switch k {
+		case "RELAY_TEST_DATABASE_URL":
+			e.DatabaseURL = v
+		case "RELAY_TEST_AMQP_URL":
+			e.AMQPURL = v
+		case "RELAY_TEST_MANAGEMENT_URL":
+			e.ManagementURL = v
+		}
+	}
+	if e.DatabaseURL == "" || e.AMQPURL == "" {
+		return e, fmt.Errorf("scripts/services.sh up printed no service URLs:\n%s", stdout.String())
+	}
+	return e, nil
+}
+
+// Services returns the service URLs, starting the services if needed.
+func Services(t testing.TB) Env {
+	t.Helper()
+	once.Do(func() { env, envErr = load() })
+	if envErr != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("services unavailable (CI=true makes this a failure): %v", envErr)
+		}
+		t.Skipf("services unavailable: %v", envErr)
+	}
+	return env
+}
+
+// MustServices is Services for examples and TestMain, which have no t.
+func MustServices() Env {
+	once.Do(func() { env, envErr = load() })
+	if envErr != nil {
+		panic(envErr)
+	}
+	return env
+}
+
+// Name returns a short unique name with the given prefix, usable as a
+// schema, queue or exchange name.
+func Name(prefix string) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return prefix + "_" + hex.EncodeToString(b)
+}
+
+// WithSearchPath returns databaseURL pinned to schema.
+func WithSearchPath(databaseURL, schema string) string {
+	u, err := url.Parse(databaseURL)
+	if err != nil {
+		panic(err)
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// NewSchema creates an empty schema, migrated unless bare is set, dropped
+// when the test ends, and returns a database URL whose search_path is it.
+func NewSchema(t testing.TB, migrate bool) string {
+	t.Helper()
+	e := Services(t)
+	schema := Name("t")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, e.DatabaseURL)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatalf("create schema: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		c, err := pgx.Connect(ctx, e.DatabaseURL)
+		if err != nil {
+			t.Errorf("cleanup connect: %v", err)
+			return
+		}
+		defer c.Close(ctx)
+		if _, err := c.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
+			t.Errorf("drop schema: %v", err)
+		}
+	})
+	dsn := WithSearchPath(e.DatabaseURL, schema)
+	if migrate {
+		if _, err := migrations.Up(ctx, dsn); err != nil {
+			t.Fatalf("migrate: %v", err)
+		}
+	}
+	return dsn
+}
+
+// Pool opens a pool on dsn, closed when the test ends.
+func Pool(t testing.TB, dsn string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// AMQP opens a connection and a channel, closed when the test ends.
+func AMQP(t testing.TB, amqpURL string) (*amqp.Connection, *amqp.Channel) {
+	t.Helper()
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		t.Fatalf("amqp dial: %v", err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("amqp channel: %v", err)
+	}
+	return conn, ch
+}
+
+// Queue declares a durable queue (quorum or classic) deleted when the test
+// ends, and returns its name.
+func Queue(t testing.TB, ch *amqp.Channel, quorum bool) string {
+	t.Helper()
+	name := Name("q")
+	args := amqp.Table{}
+	if quorum {
+		args["x-queue-type"] = "quorum"
+	}
+	if _, err := ch.QueueDeclare(name, true, false, false, false, args); err != nil {
+		t.Fatalf("declare queue: %v", err)
+	}
+	t.Cleanup(func() {
+		e := Services(t)
+		conn, err := amqp.Dial(e.AMQPURL)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		c, err := conn.Channel()
+		if err != nil {
+			return
+		}
+		_, _ = c.QueueDelete(name, false, false, false)
+	})
+	return name
+}
+
+// Consume collects deliveries from queue until want have arrived or the
+// deadline passes, auto-acking them; it fails the test on timeout.
+func Consume(t testing.TB, ch *amqp.Channel, queue string, want int, deadline time.Duration) []amqp.Delivery {
+	t.Helper()
+	if err := ch.Qos(1000, 0, false); err != nil {
+		t.Fatalf("qos: %v", err)
+	}
+	tag := Name("c")
+	deliveries, err := ch.Consume(queue, tag, false, false, false, false, nil)
+	if err != nil {
+		t.Fatalf("consume: %v", err)
+	}
+	defer func() { _ = ch.Cancel(tag, false) }()
+	var got []amqp.Delivery
+	timer := time.NewTimer(deadline)
+	defer timer.Stop()
+	for len(got) < want {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				t.Fatalf("consumer closed after %d of %d messages", len(got), want)
+			}
+			_ = d.Ack(false)
+			got = append(got, d)
+		case <-timer.C:
+			t.Fatalf("received %d of %d messages within %s", len(got), want, deadline)
+		}
+	}
+	return got
+}
+
+// Eventually polls cond until it holds or the deadline passes. It is for
+// conditions held in another process (a row in the database, a queue
+// depth), which offer nothing to wait on.
+func Eventually(t testing.TB, deadline time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	end := time.Now().Add(deadline)
+	wait := 5 * time.Millisecond
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("timed out after %s waiting for %s (last error: %v)", deadline, what, err)
+		}
+		time.Sleep(wait)
+		wait = min(wait*2, 200*time.Millisecond)
+	}
+}

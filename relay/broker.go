@@ -1,0 +1,243 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ErrBrokerUnavailable is returned while no broker connection is open.
+var ErrBrokerUnavailable = errors.New("relay: broker unavailable")
+
+// broker owns the AMQP connection: it dials the failover list in turn with
+// backoff, watches for close and connection.blocked, and hands out confirm
+// channels to workers. We own the reconnect loop rather than relying on the
+// client's experimental recovery, so state changes stay observable.
+type broker struct {
+	urls      []string
+	heartbeat time.Duration
+	backoff   backoff
+	name      string
+	log       *slog.Logger
+	m         *metrics
+
+	mu         sync.Mutex
+	conn       *amqp.Connection
+	blocked    bool
+	changed    chan struct{} // closed and replaced on every state change
+	exchanges  map[string]time.Time
+	lastDialed int
+}
+
+const exchangeCacheTTL = 30 * time.Second
+
+func newBroker(urls []string, heartbeat time.Duration, bo backoff, name string, log *slog.Logger, m *metrics) *broker {
+	return &broker{
+		urls:      urls,
+		heartbeat: heartbeat,
+		backoff:   bo,
+		name:      name,
+		log:       log,
+		m:         m,
+		changed:   make(chan struct{}),
+		exchanges: map[string]time.Time{},
+	}
+}
+
+// run keeps a connection open until ctx ends, then closes it.
+func (b *broker) run(ctx context.Context) error {
+	failures := 0
+	next := 0
+	for ctx.Err() == nil {
+		u := b.urls[next%len(b.urls)]
+		conn, err := amqp.DialConfig(u, amqp.Config{
+			Heartbeat:  b.heartbeat,
+			Locale:     "en_US",
+			Dial:       amqp.DefaultDial(10 * time.Second),
+			Properties: amqp.Table{"connection_name": b.name},
+		})
+		if err != nil {
+			b.m.brokerDialFailures.Inc()
+			delay := b.backoff.full(failures)
+			b.log.Warn("broker dial failed", "broker", hostOf(u), "err", err, "retry_in", delay)
+			failures++
+			next++
+			if !sleep(ctx.Done(), delay) {
+				break
+			}
+			continue
+		}
+		failures = 0
+		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+		blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 4))
+		b.setConn(conn, next%len(b.urls))
+		b.log.Info("broker connected", "broker", hostOf(u))
+		if err := b.watch(ctx, conn, closed, blocked); err != nil {
+			b.log.Warn("broker connection lost", "broker", hostOf(u), "err", err)
+			b.m.brokerReconnects.Inc()
+			next++ // a node that just failed is likely still down: try the next one first
+		}
+	}
+	return nil
+}
+
+// watch blocks until the connection closes or ctx ends.
+func (b *broker) watch(ctx context.Context, conn *amqp.Connection, closed chan *amqp.Error, blocked chan amqp.Blocking) error {
+	defer b.setConn(nil, 0)
+	var blockedSince time.Time
+	defer func() {
+		if !blockedSince.IsZero() {
+			b.m.brokerBlockedSeconds.Add(time.Since(blockedSince).Seconds())
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			_ = conn.Close()
+			return nil
+		case e, ok := <-closed:
+			if !ok || e == nil {
+				return errors.New("connection closed")
+			}
+			return e
+		case bl, ok := <-blocked:
+			if !ok {
+				continue
+			}
+			b.setBlocked(bl.Active)
+			if bl.Active {
+				blockedSince = time.Now()
+				b.log.Warn("broker blocked publishing", "reason", bl.Reason)
+			} else if !blockedSince.IsZero() {
+				b.m.brokerBlockedSeconds.Add(time.Since(blockedSince).Seconds())
+				blockedSince = time.Time{}
+				b.log.Info("broker unblocked publishing")
+			}
+		}
+	}
+}
+
+func (b *broker) setConn(c *amqp.Connection, idx int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.conn = c
+	b.blocked = false
+	b.lastDialed = idx
+	b.m.brokerConnected.Set(boolFloat(c != nil))
+	b.m.brokerBlocked.Set(0)
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+func (b *broker) setBlocked(v bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.blocked = v
+	b.m.brokerBlocked.Set(boolFloat(v))
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// connected reports whether a connection is open (blocked or not).
+func (b *broker) connected() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.conn != nil && !b.conn.IsClosed()
+}
+
+// ready waits until a connection is open and not blocked, and returns it.
+func (b *broker) ready(ctx context.Context) (*amqp.Connection, error) {
+	for {
+		b.mu.Lock()
+		c, blocked, changed := b.conn, b.blocked, b.changed
+		b.mu.Unlock()
+		if c != nil && !c.IsClosed() && !blocked {
+			return c, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// channel opens a channel in confirm mode, waiting for a connection.
+func (b *broker) channel(ctx context.Context) (*amqp.Channel, error) {
+	for {
+		c, err := b.ready(ctx)
+		if err != nil {
+			return nil, err
+		}
+		ch, err := c.Channel()
+		if err == nil {
+			if err = ch.Confirm(false); err == nil {
+				return ch, nil
+			}
+			_ = ch.Close()
+		}
+		if c.IsClosed() {
+			continue // the watcher will notice and reconnect
+		}
+		return nil, fmt.Errorf("relay: open channel: %w", err)
+	}
+}
+
+// exchangeExists checks with a passive declare on a throwaway channel, so
+// that a missing exchange fails its rows with a clear error instead of
+// closing the publishing channel under the whole batch. Positive answers
+// are cached briefly.
+func (b *broker) exchangeExists(ctx context.Context, name string) (bool, error) {
+	if name == "" {
+		return true, nil
+	}
+	b.mu.Lock()
+	seen, ok := b.exchanges[name]
+	b.mu.Unlock()
+	if ok && time.Since(seen) < exchangeCacheTTL {
+		return true, nil
+	}
+	c, err := b.ready(ctx)
+	if err != nil {
+		return false, err
+	}
+	ch, err := c.Channel()
+	if err != nil {
+		return false, fmt.Errorf("relay: open channel: %w", err)
+	}
+	err = ch.ExchangeDeclarePassive(name, "direct", true, false, false, false, nil)
+	var aerr *amqp.Error
+	if errors.As(err, &aerr) && aerr.Code == amqp.NotFound {
+		return false, nil
+	}
+	_ = ch.Close()
+	if err != nil {
+		return false, fmt.Errorf("relay: check exchange: %w", err)
+	}
+	b.mu.Lock()
+	b.exchanges[name] = time.Now()
+	b.mu.Unlock()
+	return true, nil
+}
+
+// hostOf returns host:port of a URL, for logs: never the credentials.
+func hostOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<unparseable>"
+	}
+	return u.Host
+}
+
+func boolFloat(v bool) float64 {
+	if v {
+		return 1
+	}
+	return 0
+}

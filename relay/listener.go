@@ -1,0 +1,56 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// listen keeps a dedicated connection LISTENing on "<schema>.outbox" and
+// wakes a worker on each notification. After any failure it reconnects with
+// backoff and wakes a worker at once, since rows may have been committed
+// while nobody listened.
+func (r *Relay) listen(ctx context.Context) {
+	bo := backoff{base: r.cfg.ReconnectMin, max: r.cfg.ReconnectMax}
+	failures := 0
+	for ctx.Err() == nil {
+		err := r.listenOnce(ctx, func() { failures = 0 })
+		r.m.listenerConnected.Set(0)
+		if ctx.Err() != nil {
+			return
+		}
+		delay := bo.full(failures)
+		failures++
+		r.log.Warn("notification listener lost", "err", err, "retry_in", delay)
+		if !sleep(ctx.Done(), delay) {
+			return
+		}
+	}
+}
+
+func (r *Relay) listenOnce(ctx context.Context, connected func()) error {
+	conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var schema string
+	if err := conn.QueryRow(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
+		return fmt.Errorf("read schema: %w", err)
+	}
+	channel := schema + ".outbox"
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	r.m.listenerConnected.Set(1)
+	connected()
+	r.log.Debug("listening for inserts", "channel", channel)
+	r.signal()
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		r.signal()
+	}
+}

@@ -1,0 +1,75 @@
+package relay
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the relay's Prometheus series, registered on the registry the
+// caller passes (never the global one).
+type metrics struct {
+	published            prometheus.Counter
+	failed               *prometheus.CounterVec
+	dead                 prometheus.Counter
+	batches              prometheus.Counter
+	batchSeconds         prometheus.Histogram
+	latency              prometheus.Histogram
+	brokerConnected      prometheus.Gauge
+	brokerBlocked        prometheus.Gauge
+	brokerBlockedSeconds prometheus.Counter
+	brokerReconnects     prometheus.Counter
+	brokerDialFailures   prometheus.Counter
+	dbErrors             prometheus.Counter
+	listenerConnected    prometheus.Gauge
+}
+
+// failure reasons, the label values of outboxrelay_relay_publish_failures_total.
+const (
+	reasonUnroutable    = "unroutable"
+	reasonNacked        = "nacked"
+	reasonTimeout       = "confirm_timeout"
+	reasonTooLarge      = "too_large"
+	reasonBadHeaders    = "bad_headers"
+	reasonNoExchange    = "no_exchange"
+	reasonChannelClosed = "channel_closed"
+)
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	const ns, sub = "outboxrelay", "relay"
+	m := &metrics{
+		published: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "published_total", Help: "Rows published, confirmed by the broker and marked published."}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "publish_failures_total", Help: "Failed publish attempts, by reason."}, []string{"reason"}),
+		dead: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "dead_total", Help: "Rows parked as dead after their last allowed attempt."}),
+		batches: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "batches_total", Help: "Batches claimed and committed."}),
+		batchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "batch_duration_seconds", Help: "Claim to commit time of one batch.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "publish_latency_seconds", Help: "From a row's created_at to its confirmed publish.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 20)}),
+		brokerConnected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "broker_connected", Help: "1 while an AMQP connection is open."}),
+		brokerBlocked: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "broker_blocked", Help: "1 while the broker blocks publishing (connection.blocked: memory or disk alarm)."}),
+		brokerBlockedSeconds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "broker_blocked_seconds_total", Help: "Time spent blocked by the broker."}),
+		brokerReconnects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "broker_reconnects_total", Help: "Broker connections lost after being established."}),
+		brokerDialFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "broker_dial_failures_total", Help: "Failed attempts to connect to a broker URL."}),
+		dbErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "database_errors_total", Help: "Batches abandoned because of a database error."}),
+		listenerConnected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "listener_connected", Help: "1 while the LISTEN connection for insert notifications is up."}),
+	}
+	for _, r := range []string{reasonUnroutable, reasonNacked, reasonTimeout, reasonTooLarge, reasonBadHeaders, reasonNoExchange, reasonChannelClosed} {
+		m.failed.WithLabelValues(r)
+	}
+	if reg != nil {
+		reg.MustRegister(m.published, m.failed, m.dead, m.batches, m.batchSeconds, m.latency,
+			m.brokerConnected, m.brokerBlocked, m.brokerBlockedSeconds, m.brokerReconnects,
+			m.brokerDialFailures, m.dbErrors, m.listenerConnected)
+	}
+	return m
+}

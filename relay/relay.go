@@ -1,0 +1,208 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config tunes a Relay. Zero values take the documented defaults.
+type Config struct {
+	// AMQPURLs is the broker failover list, tried in turn. Required.
+	AMQPURLs []string
+	// BatchSize is the number of rows claimed per batch (default 500).
+	BatchSize int
+	// Workers is the number of concurrent claim/publish loops, each with
+	// its own channel and database transaction (default 2).
+	Workers int
+	// PollInterval is the fallback when no notification arrives (default 1s).
+	PollInterval time.Duration
+	// ConfirmTimeout bounds the wait for a batch's confirms (default 30s).
+	ConfirmTimeout time.Duration
+	// MaxAttempts parks a row as dead after this many failures (default 10).
+	MaxAttempts int
+	// RetryBase and RetryMax shape the backoff between a row's attempts
+	// (defaults 1s and 5m).
+	RetryBase, RetryMax time.Duration
+	// ReconnectMin and ReconnectMax shape reconnect backoff (100ms, 15s).
+	ReconnectMin, ReconnectMax time.Duration
+	// Heartbeat is the AMQP heartbeat (default 10s).
+	Heartbeat time.Duration
+	// MaxPayloadBytes fails larger payloads without publishing (16 MiB).
+	MaxPayloadBytes int
+	// ShutdownTimeout is how long in-flight batches may finish after the
+	// Run context ends (default 10s); then they are abandoned.
+	ShutdownTimeout time.Duration
+	// ConnectionName is shown in the RabbitMQ management UI.
+	ConnectionName string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the metrics; nil registers nowhere.
+	Registerer prometheus.Registerer
+	// OnBatch, if set, is called after each batch commits. It runs on the
+	// worker's goroutine and must be quick. Meant for tests and benchmarks.
+	OnBatch func(BatchResult)
+}
+
+// BatchResult describes one committed batch.
+type BatchResult struct {
+	Published   []string // message ids marked published
+	Failed      int      // rows charged a failed attempt
+	Released    int      // rows left untouched (connection lost)
+	CommittedAt time.Time
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt := func(d *int, v int) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt(&c.BatchSize, 500)
+	defInt(&c.Workers, 2)
+	defInt(&c.MaxAttempts, 10)
+	defInt(&c.MaxPayloadBytes, 16<<20)
+	def(&c.PollInterval, time.Second)
+	def(&c.ConfirmTimeout, 30*time.Second)
+	def(&c.RetryBase, time.Second)
+	def(&c.RetryMax, 5*time.Minute)
+	def(&c.ReconnectMin, 100*time.Millisecond)
+	def(&c.ReconnectMax, 15*time.Second)
+	def(&c.Heartbeat, 10*time.Second)
+	def(&c.ShutdownTimeout, 10*time.Second)
+	if c.ConnectionName == "" {
+		host, _ := os.Hostname()
+		c.ConnectionName = fmt.Sprintf("outbox-relay %s/%d", host, os.Getpid())
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case len(c.AMQPURLs) == 0:
+		return errors.New("relay: AMQPURLs is empty")
+	case c.BatchSize < 0, c.Workers < 0, c.MaxAttempts < 0, c.MaxPayloadBytes < 0:
+		return errors.New("relay: BatchSize, Workers, MaxAttempts and MaxPayloadBytes must not be negative")
+	case c.RetryMax < c.RetryBase:
+		return errors.New("relay: RetryMax is below RetryBase")
+	case c.ReconnectMax < c.ReconnectMin:
+		return errors.New("relay: ReconnectMax is below ReconnectMin")
+	}
+	return nil
+}
+
+// Relay moves rows from the outbox table to RabbitMQ. Create it with New
+// and run it with Run; it is safe to run several relays, in one process or
+// many, against one table.
+type Relay struct {
+	cfg    Config
+	pool   *pgxpool.Pool
+	log    *slog.Logger
+	m      *metrics
+	broker *broker
+	wake   chan struct{}
+	retry  backoff
+}
+
+// New builds a Relay over pool, which must reach the database whose
+// search_path leads to the outbox table.
+func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	m := newMetrics(cfg.Registerer)
+	reconnect := backoff{base: cfg.ReconnectMin, max: cfg.ReconnectMax}
+	return &Relay{
+		cfg:    cfg,
+		pool:   pool,
+		log:    cfg.Logger,
+		m:      m,
+		broker: newBroker(cfg.AMQPURLs, cfg.Heartbeat, reconnect, cfg.ConnectionName, cfg.Logger, m),
+		wake:   make(chan struct{}, 1),
+		retry:  backoff{base: cfg.RetryBase, max: cfg.RetryMax},
+	}, nil
+}
+
+// Run publishes until ctx ends, then lets in-flight batches finish for up
+// to ShutdownTimeout before abandoning them (an abandoned batch is rolled
+// back and published again later). It returns nil after a clean stop.
+func (r *Relay) Run(ctx context.Context) error {
+	// hard carries the in-flight I/O; it outlives ctx by ShutdownTimeout.
+	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHard()
+	go func() {
+		select {
+		case <-ctx.Done():
+			t := time.NewTimer(r.cfg.ShutdownTimeout)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				r.log.Warn("shutdown timeout: abandoning in-flight batches")
+				cancelHard()
+			case <-hard.Done():
+			}
+		case <-hard.Done():
+		}
+	}()
+
+	brokerDone := make(chan struct{})
+	go func() {
+		defer close(brokerDone)
+		_ = r.broker.run(hard)
+	}()
+
+	var wg sync.WaitGroup
+	wg.Add(1 + r.cfg.Workers)
+	go func() {
+		defer wg.Done()
+		r.listen(ctx)
+	}()
+	for i := 0; i < r.cfg.Workers; i++ {
+		w := &worker{r: r, id: i, log: r.log.With("worker", i)}
+		go func() {
+			defer wg.Done()
+			w.run(ctx, hard)
+		}()
+	}
+	r.log.Info("relay started", "workers", r.cfg.Workers, "batch_size", r.cfg.BatchSize)
+	wg.Wait()
+	cancelHard()
+	<-brokerDone
+	r.log.Info("relay stopped")
+	return nil
+}
+
+// Ready reports whether the database answers and a broker connection is
+// open; it backs /readyz.
+func (r *Relay) Ready(ctx context.Context) error {
+	if err := r.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	if !r.broker.connected() {
+		return ErrBrokerUnavailable
+	}
+	return nil
+}
+
+// signal wakes one idle worker; it never blocks.
+func (r *Relay) signal() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
