@@ -50,7 +50,7 @@ var keys = []key{
 			return nil // required-ness depends on the command: see Load
 		}
 		u, err := url.Parse(s)
-		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || (u.Host == "" && !u.Query().Has("host")) {
 			return fmt.Errorf("must be a postgres:// URL with a host, got %s", Redact(s))
 		}
 		c.DatabaseURL = s
@@ -251,7 +251,7 @@ func oneOf(allowed []string, set func(*Config, string)) func(*Config, string) er
 // that does not parse as a URL is replaced whole, since it may be a secret.
 func Redact(rawURL string) string {
 	u, err := url.Parse(rawURL)
-	if err != nil || u.Host == "" {
+	if err != nil {
 		return "<unparseable URL>"
 	}
 	if _, has := u.User.Password(); has {
