@@ -172,7 +172,6 @@ func Load(fs *pflag.FlagSet, environ []string, required ...string) (Config, erro
 	return c, nil
 }
 
-
 // rawString turns a value viper read (a YAML scalar or list) into the
 // string form the parsers take; a YAML list becomes a comma-separated one.
 func rawString(v any) string {

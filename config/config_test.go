@@ -98,9 +98,9 @@ func TestRedact(t *testing.T) {
 	t.Parallel()
 	cases := map[string]string{
 		"postgres://u:pw@h:5432/db?sslmode=disable": "postgres://u:xxxxx@h:5432/db?sslmode=disable",
-		"amqp://guest@h/":                           "amqp://guest@h/",
-		"postgres://h/db?password=pw":               "postgres://h/db?password=xxxxx",
-		"::not a url pw":                            "<unparseable URL>",
+		"amqp://guest@h/":             "amqp://guest@h/",
+		"postgres://h/db?password=pw": "postgres://h/db?password=xxxxx",
+		"::not a url pw":              "<unparseable URL>",
 	}
 	for in, want := range cases {
 		if got := Redact(in); got != want {

@@ -69,4 +69,3 @@ func lockID(schema string) int64 {
 	h.Write([]byte("outboxrelay.migrations." + schema))
 	return int64(h.Sum64() >> 1)
 }
-
