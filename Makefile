@@ -1,0 +1,49 @@
+# Outbox Relay developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+GO        ?= go
+BENCH_N   ?= 50000
+ENV_FILE  := .services/env
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: up
+up: ## start PostgreSQL and RabbitMQ (Docker Compose, or local Debian packages) and print their URLs
+	@scripts/services.sh up
+
+.PHONY: down
+down: ## stop the services (and the demo relay)
+	@scripts/services.sh down
+
+.PHONY: build
+build: ## build bin/relay
+	$(GO) build -trimpath -o bin/relay ./cmd/relay
+
+.PHONY: lint
+lint: ## go vet and gofmt
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+.PHONY: test
+test: ## install and start the services, then lint and run every test with the race detector
+	@scripts/services.sh up >/dev/null
+	@$(MAKE) --no-print-directory lint
+	. $(ENV_FILE) && $(GO) test -race -count=1 -timeout 15m ./...
+
+.PHONY: demo
+demo: build ## bring everything up, run the relay, insert rows with plain SQL and show them arrive
+	@scripts/demo.sh
+
+.PHONY: bench
+bench: ## drain BENCH_N rows and print msg/s and latency beside the raw broker limit
+	@scripts/services.sh up >/dev/null
+	. $(ENV_FILE) && BENCH_N=$(BENCH_N) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench
+
+.PHONY: fuzz
+fuzz: ## run each fuzz target for 30s
+	$(GO) test -run '^$$' -fuzz FuzzDecodeHeaders -fuzztime 30s ./relay
+	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 30s ./config
