@@ -147,6 +147,7 @@ func TestPublishesPlainSQLAndGoRowsWithTheirProperties(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	b.waitPublished(t, append(sqlIDs, goIDs...)...)
 	got := testenv.Consume(t, b.ch, b.queue, 4, 30*time.Second)
 	byID := map[string]amqp.Delivery{}
 	for _, d := range got {

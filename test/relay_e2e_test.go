@@ -202,7 +202,7 @@ func TestReadyzFollowsTheBroker(t *testing.T) {
 	u, _ := url.Parse(env.AMQPURL)
 	proxy := testenv.NewProxy(t, u.Host, false)
 	u.Host = proxy.Addr()
-	p := startRelay(t, "RELAY_DATABASE_URL="+dsn, "RELAY_AMQP_URL="+u.String(), "RELAY_RECONNECT_MAX=50ms")
+	p := startRelay(t, "RELAY_DATABASE_URL="+dsn, "RELAY_AMQP_URL="+u.String(), "RELAY_RECONNECT_MIN=10ms", "RELAY_RECONNECT_MAX=50ms")
 	testenv.Eventually(t, 30*time.Second, "healthz to answer", func() (bool, error) {
 		return p.status("/healthz") == 200, nil
 	})
