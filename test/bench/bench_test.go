@@ -160,11 +160,20 @@ func fill(b *testing.B, pool *pgxpool.Pool, queue string, n int) {
 	}
 }
 
+// envInt reads an optional integer setting (BENCH_WORKERS, BENCH_BATCH);
+// zero means the relay's default.
+func envInt(name string) int {
+	n, _ := strconv.Atoi(os.Getenv(name))
+	return n
+}
+
 func runRelay(b *testing.B, pool *pgxpool.Pool, amqpURL string, onBatch func(relay.BatchResult)) (stop func()) {
 	r, err := relay.New(pool, relay.Config{
-		AMQPURLs: []string{amqpURL},
-		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OnBatch:  onBatch,
+		AMQPURLs:  []string{amqpURL},
+		Workers:   envInt("BENCH_WORKERS"),
+		BatchSize: envInt("BENCH_BATCH"),
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnBatch:   onBatch,
 	})
 	if err != nil {
 		b.Fatal(err)
