@@ -18,6 +18,10 @@ type metrics struct {
 	brokerDialFailures   prometheus.Counter
 	dbErrors             prometheus.Counter
 	listenerConnected    prometheus.Gauge
+	pendingRows          prometheus.Gauge
+	dueRows              prometheus.Gauge
+	deadRows             prometheus.Gauge
+	oldestPending        prometheus.Gauge
 }
 
 // failure reasons, the label values of outboxrelay_relay_publish_failures_total.
@@ -62,6 +66,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "database_errors_total", Help: "Batches abandoned because of a database error."}),
 		listenerConnected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "listener_connected", Help: "1 while the LISTEN connection for insert notifications is up."}),
+		pendingRows: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "pending_rows", Help: "Rows neither published nor dead, as of the last stats query."}),
+		dueRows: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "due_rows", Help: "Pending rows available now, as of the last stats query."}),
+		deadRows: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "dead_rows", Help: "Rows parked as dead, as of the last stats query."}),
+		oldestPending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "oldest_pending_age_seconds", Help: "Age of the oldest pending row, as of the last stats query."}),
 	}
 	for _, r := range []string{reasonUnroutable, reasonNacked, reasonTimeout, reasonTooLarge, reasonBadHeaders, reasonNoExchange, reasonChannelClosed} {
 		m.failed.WithLabelValues(r)
@@ -69,7 +81,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.published, m.failed, m.dead, m.batches, m.batchSeconds, m.latency,
 			m.brokerConnected, m.brokerBlocked, m.brokerBlockedSeconds, m.brokerReconnects,
-			m.brokerDialFailures, m.dbErrors, m.listenerConnected)
+			m.brokerDialFailures, m.dbErrors, m.listenerConnected,
+			m.pendingRows, m.dueRows, m.deadRows, m.oldestPending)
 	}
 	return m
 }

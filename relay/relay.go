@@ -40,6 +40,9 @@ type Config struct {
 	// ShutdownTimeout is how long in-flight batches may finish after the
 	// Run context ends (default 10s); then they are abandoned.
 	ShutdownTimeout time.Duration
+	// StatsInterval is how often the pending/dead gauges are refreshed
+	// with two cheap index-only counts (default 15s).
+	StatsInterval time.Duration
 	// ConnectionName is shown in the RabbitMQ management UI.
 	ConnectionName string
 	// Logger defaults to slog.Default().
@@ -82,6 +85,7 @@ func (c *Config) setDefaults() {
 	def(&c.ReconnectMax, 15*time.Second)
 	def(&c.Heartbeat, 10*time.Second)
 	def(&c.ShutdownTimeout, 10*time.Second)
+	def(&c.StatsInterval, 15*time.Second)
 	if c.ConnectionName == "" {
 		host, _ := os.Hostname()
 		c.ConnectionName = fmt.Sprintf("outbox-relay %s/%d", host, os.Getpid())
@@ -167,10 +171,14 @@ func (r *Relay) Run(ctx context.Context) error {
 	}()
 
 	var wg sync.WaitGroup
-	wg.Add(1 + r.cfg.Workers)
+	wg.Add(2 + r.cfg.Workers)
 	go func() {
 		defer wg.Done()
 		r.listen(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		r.stats(ctx)
 	}()
 	for i := 0; i < r.cfg.Workers; i++ {
 		w := &worker{r: r, id: i, log: r.log.With("worker", i)}
@@ -197,6 +205,30 @@ func (r *Relay) Ready(ctx context.Context) error {
 		return ErrBrokerUnavailable
 	}
 	return nil
+}
+
+// stats refreshes the backlog gauges until ctx ends.
+func (r *Relay) stats(ctx context.Context) {
+	t := time.NewTicker(r.cfg.StatsInterval)
+	defer t.Stop()
+	for {
+		qctx, cancel := context.WithTimeout(ctx, r.cfg.StatsInterval)
+		st, err := ReadStatus(qctx, r.pool)
+		cancel()
+		if err == nil {
+			r.m.pendingRows.Set(float64(st.Pending))
+			r.m.dueRows.Set(float64(st.Due))
+			r.m.deadRows.Set(float64(st.Dead))
+			r.m.oldestPending.Set(st.OldestPendingAge.Seconds())
+		} else if ctx.Err() == nil {
+			r.log.Debug("stats query failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // signal wakes one idle worker; it never blocks.

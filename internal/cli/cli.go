@@ -32,7 +32,8 @@ type command struct {
 	name     string
 	summary  string
 	required []string
-	run      func(ctx context.Context, e *env, cfg config.Config, args []string) error
+	flags    func(fs *pflag.FlagSet) // command-specific flags, beside the configuration keys
+	run      func(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error
 }
 
 // env is what a command may touch besides its configuration.
@@ -43,9 +44,12 @@ type env struct {
 
 func commands() []command {
 	return []command{
-		{"run", "run the relay until SIGTERM or SIGINT", []string{config.KeyDatabaseURL, config.KeyAMQPURL}, runRelay},
-		{"migrate", "apply the embedded database migrations (safe to repeat)", []string{config.KeyDatabaseURL}, runMigrate},
-		{"version", "print the version", nil, runVersion},
+		{"run", "run the relay until SIGTERM or SIGINT", []string{config.KeyDatabaseURL, config.KeyAMQPURL}, nil, runRelay},
+		{"migrate", "apply the embedded database migrations (safe to repeat)", []string{config.KeyDatabaseURL}, nil, runMigrate},
+		{"status", "pending, due, dead rows and oldest pending age, per exchange [--json]", []string{config.KeyDatabaseURL}, statusFlags, runStatus},
+		{"dead", "list dead rows with their last error [--limit N] [--json]", []string{config.KeyDatabaseURL}, deadFlags, runDead},
+		{"requeue", "move dead rows back to pending: requeue ID... | requeue --all", []string{config.KeyDatabaseURL}, requeueFlags, runRequeue},
+		{"version", "print the version", nil, nil, runVersion},
 	}
 }
 
@@ -71,6 +75,9 @@ func Main(ctx context.Context, args []string, environ []string, stdout, stderr i
 		return exitUsage
 	}
 	fs := config.Flags("relay " + cmd.name)
+	if cmd.flags != nil {
+		cmd.flags(fs)
+	}
 	fs.SetOutput(stderr)
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -85,8 +92,17 @@ func Main(ctx context.Context, args []string, environ []string, stdout, stderr i
 		return exitUsage
 	}
 	e := &env{stdout: stdout, stderr: stderr, log: newLogger(stderr, cfg)}
-	if err := cmd.run(ctx, e, cfg, fs.Args()); err != nil {
-		e.log.Error(cmd.name+" failed", "err", err)
+	if err := cmd.run(ctx, e, cfg, fs); err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintf(stderr, "relay %s: %v\n", cmd.name, err)
+			return exitUsage
+		}
+		if cmd.name == "run" {
+			e.log.Error("run failed", "err", err) // beside the relay's own structured logs
+		} else {
+			fmt.Fprintf(stderr, "relay %s: %v\n", cmd.name, err)
+		}
 		return exitFailed
 	}
 	return exitOK
@@ -114,7 +130,12 @@ func newLogger(w io.Writer, cfg config.Config) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-func runVersion(_ context.Context, e *env, _ config.Config, _ []string) error {
+// usageError is a mistake in the command's arguments (exit 2).
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg }
+
+func runVersion(_ context.Context, e *env, _ config.Config, _ *pflag.FlagSet) error {
 	rev := "unknown"
 	goVersion := "unknown"
 	if bi, ok := debug.ReadBuildInfo(); ok {

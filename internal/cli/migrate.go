@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/spf13/pflag"
+
 	"github.com/outboxrelay/outboxrelay/config"
 	"github.com/outboxrelay/outboxrelay/migrations"
 )
 
-func runMigrate(ctx context.Context, e *env, cfg config.Config, _ []string) error {
+func runMigrate(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) error {
 	res, err := migrations.Up(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err

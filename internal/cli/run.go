@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
 
 	"github.com/outboxrelay/outboxrelay/config"
 	"github.com/outboxrelay/outboxrelay/relay"
@@ -21,7 +22,7 @@ import (
 // has a run and a stop, and the shutdown order is visible here. The relay
 // stops first (finishing in-flight batches), then the HTTP server, then the
 // pool.
-func runRelay(ctx context.Context, e *env, cfg config.Config, _ []string) error {
+func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) error {
 	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("database_url: %s", redactErr(err, cfg.DatabaseURL))

@@ -1,0 +1,179 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/pflag"
+
+	"github.com/outboxrelay/outboxrelay/config"
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+func statusFlags(fs *pflag.FlagSet) { fs.Bool("json", false, "print JSON") }
+
+func deadFlags(fs *pflag.FlagSet) {
+	fs.Bool("json", false, "print JSON")
+	fs.Int("limit", 100, "list at most this many rows")
+}
+
+func requeueFlags(fs *pflag.FlagSet) { fs.Bool("all", false, "requeue every dead row") }
+
+func openPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("database_url: %s", redactErr(err, cfg.DatabaseURL))
+	}
+	pc.MaxConns = 2
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	return pool, nil
+}
+
+func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
+	pool, err := openPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	st, err := relay.ReadStatus(ctx, pool)
+	if err != nil {
+		return err
+	}
+	if asJSON, _ := fs.GetBool("json"); asJSON {
+		out := map[string]any{
+			"pending": st.Pending, "due": st.Due, "dead": st.Dead,
+			"oldest_pending_age_seconds": st.OldestPendingAge.Seconds(),
+		}
+		var list []map[string]any
+		for _, s := range st.ByExchange {
+			list = append(list, map[string]any{"exchange": s.Exchange, "pending": s.Pending, "due": s.Due,
+				"dead": s.Dead, "oldest_pending_age_seconds": s.OldestPendingAge.Seconds()})
+		}
+		out["by_exchange"] = list
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "exchange\tpending\tdue\tdead\toldest pending")
+	for _, s := range st.ByExchange {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", exchangeName(s.Exchange), s.Pending, s.Due, s.Dead, age(s.OldestPendingAge))
+	}
+	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%s\n", st.Pending, st.Due, st.Dead, age(st.OldestPendingAge))
+	return tw.Flush()
+}
+
+func runDead(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
+	limit, _ := fs.GetInt("limit")
+	if limit < 1 {
+		return usageError{"--limit must be at least 1"}
+	}
+	pool, err := openPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	rows, err := relay.ListDead(ctx, pool, limit)
+	if err != nil {
+		return err
+	}
+	if asJSON, _ := fs.GetBool("json"); asJSON {
+		enc := json.NewEncoder(e.stdout)
+		for _, d := range rows {
+			if err := enc.Encode(map[string]any{"id": d.ID, "message_id": d.MessageID, "exchange": d.Exchange,
+				"routing_key": d.RoutingKey, "attempts": d.Attempts, "last_error": d.LastError,
+				"created_at": d.CreatedAt, "dead_at": d.DeadAt}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if len(rows) == 0 {
+		fmt.Fprintln(e.stdout, "no dead rows")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "id\tmessage_id\texchange\trouting_key\tattempts\tdead_at\tlast_error")
+	for _, d := range rows {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, d.MessageID, exchangeName(d.Exchange), d.RoutingKey,
+			d.Attempts, d.DeadAt.UTC().Format(time.RFC3339), oneLine(d.LastError))
+	}
+	if len(rows) == limit {
+		fmt.Fprintf(tw, "(first %d shown; --limit for more)\n", limit)
+	}
+	return tw.Flush()
+}
+
+func runRequeue(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
+	all, _ := fs.GetBool("all")
+	var ids []int64
+	for _, a := range fs.Args() {
+		id, err := strconv.ParseInt(a, 10, 64)
+		if err != nil || id < 1 {
+			return usageError{fmt.Sprintf("%q is not a row id", a)}
+		}
+		ids = append(ids, id)
+	}
+	switch {
+	case all && len(ids) > 0:
+		return usageError{"give row ids or --all, not both"}
+	case !all && len(ids) == 0:
+		return usageError{"give the ids of the dead rows to requeue, or --all"}
+	}
+	pool, err := openPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	done, err := relay.Requeue(ctx, pool, ids)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "requeued %d dead row(s)%s\n", len(done), listSuffix(done))
+	var missing []int64
+	got := map[int64]bool{}
+	for _, id := range done {
+		got[id] = true
+	}
+	for _, id := range ids {
+		if !got[id] {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("not dead or not found, left as they were: %s", joinInts(missing))
+	}
+	return nil
+}
+
+func listSuffix(ids []int64) string {
+	if len(ids) == 0 || len(ids) > 20 {
+		return ""
+	}
+	return ": " + joinInts(ids)
+}
+
+func exchangeName(ex string) string {
+	if ex == "" {
+		return "(default)"
+	}
+	return ex
+}
+
+func age(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return d.Round(time.Second).String()
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -1,0 +1,152 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// DB is what the operator functions need: a pool, a connection or a
+// transaction.
+type DB interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Status summarises the outbox for operators.
+type Status struct {
+	Pending          int64         // neither published nor dead
+	Due              int64         // pending and available now
+	Dead             int64         // parked
+	OldestPendingAge time.Duration // age of the oldest pending row, 0 if none
+	ByExchange       []ExchangeStatus
+}
+
+// ExchangeStatus is Status for one exchange ("" is the default exchange).
+type ExchangeStatus struct {
+	Exchange         string
+	Pending, Due     int64
+	Dead             int64
+	OldestPendingAge time.Duration
+}
+
+// Two queries, each served by its partial index (pending rows, dead rows),
+// so a large table of published rows is never scanned.
+const (
+	statusPending = `
+SELECT exchange, count(*), count(*) FILTER (WHERE available_at <= now()),
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+FROM outbox WHERE published_at IS NULL AND dead_at IS NULL
+GROUP BY exchange`
+	statusDead = `SELECT exchange, count(*) FROM outbox WHERE dead_at IS NOT NULL GROUP BY exchange`
+)
+
+// ReadStatus counts pending, due and dead rows, overall and per exchange.
+func ReadStatus(ctx context.Context, db DB) (Status, error) {
+	per := map[string]*ExchangeStatus{}
+	get := func(ex string) *ExchangeStatus {
+		if per[ex] == nil {
+			per[ex] = &ExchangeStatus{Exchange: ex}
+		}
+		return per[ex]
+	}
+	rows, err := db.Query(ctx, statusPending)
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
+	var ex string
+	var pending, due int64
+	var age float64
+	_, err = pgx.ForEachRow(rows, []any{&ex, &pending, &due, &age}, func() error {
+		s := get(ex)
+		s.Pending, s.Due, s.OldestPendingAge = pending, due, time.Duration(age*float64(time.Second))
+		return nil
+	})
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
+	rows, err = db.Query(ctx, statusDead)
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
+	var dead int64
+	_, err = pgx.ForEachRow(rows, []any{&ex, &dead}, func() error {
+		get(ex).Dead = dead
+		return nil
+	})
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
+	var st Status
+	for _, s := range per {
+		st.ByExchange = append(st.ByExchange, *s)
+		st.Pending += s.Pending
+		st.Due += s.Due
+		st.Dead += s.Dead
+		st.OldestPendingAge = max(st.OldestPendingAge, s.OldestPendingAge)
+	}
+	sort.Slice(st.ByExchange, func(i, j int) bool { return st.ByExchange[i].Exchange < st.ByExchange[j].Exchange })
+	return st, nil
+}
+
+// DeadRow is a parked row, for operators.
+type DeadRow struct {
+	ID         int64
+	MessageID  string
+	Exchange   string
+	RoutingKey string
+	Attempts   int
+	LastError  string
+	CreatedAt  time.Time
+	DeadAt     time.Time
+}
+
+const listDead = `
+SELECT id, message_id::text, exchange, routing_key, attempts, coalesce(last_error, ''), created_at, dead_at
+FROM outbox WHERE dead_at IS NOT NULL
+ORDER BY id
+LIMIT $1`
+
+// ListDead returns up to limit dead rows, oldest first.
+func ListDead(ctx context.Context, db DB, limit int) ([]DeadRow, error) {
+	rows, err := db.Query(ctx, listDead, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list dead: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (DeadRow, error) {
+		var d DeadRow
+		err := r.Scan(&d.ID, &d.MessageID, &d.Exchange, &d.RoutingKey, &d.Attempts, &d.LastError, &d.CreatedAt, &d.DeadAt)
+		return d, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list dead: %w", err)
+	}
+	return out, nil
+}
+
+// requeue gives dead rows a fresh set of attempts, due now. last_error is
+// kept so the history stays readable until the next attempt.
+const requeue = `
+UPDATE outbox SET dead_at = NULL, attempts = 0, available_at = now()
+WHERE dead_at IS NOT NULL AND ($1::bigint[] IS NULL OR id = ANY($1))
+RETURNING id`
+
+// Requeue moves dead rows back to pending: the rows with the given ids, or
+// every dead row when ids is nil. It returns the ids it requeued; an id
+// that was not dead (or does not exist) is simply not among them.
+func Requeue(ctx context.Context, db DB, ids []int64) ([]int64, error) {
+	rows, err := db.Query(ctx, requeue, ids)
+	if err != nil {
+		return nil, fmt.Errorf("requeue: %w", err)
+	}
+	done, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("requeue: %w", err)
+	}
+	sort.Slice(done, func(i, j int) bool { return done[i] < done[j] })
+	return done, nil
+}
