@@ -1,0 +1,201 @@
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// RelayBinary builds the relay (with the race detector) once per test
+// process and returns its path.
+func RelayBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "relay-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "relay")
+		cmd := exec.Command("go", "build", "-race", "-o", builtBin, "./cmd/relay")
+		cmd.Dir = Root()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build relay: %v", buildErr)
+	}
+	return builtBin
+}
+
+// RelayProc is a `relay run` process.
+type RelayProc struct {
+	t       testing.TB
+	env     []string
+	HTTP    string // base URL of its metrics and health endpoints
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	done    chan struct{}
+	exitErr error
+	logs    bytes.Buffer
+}
+
+// StartRelayProc starts `relay run` with env (RELAY_* assignments) on a
+// free HTTP port. When the test ends it is stopped with SIGTERM and must
+// exit 0 (unless the test killed it).
+func StartRelayProc(t testing.TB, env ...string) *RelayProc {
+	t.Helper()
+	p := &RelayProc{t: t, env: env}
+	p.Start()
+	t.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			t.Errorf("relay stop: %v\nlogs:\n%s", err, p.Logs())
+		}
+	})
+	return p
+}
+
+// Start (re)starts the process after a Kill.
+func (p *RelayProc) Start() {
+	p.t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	p.HTTP = "http://" + addr
+	cmd := exec.Command(RelayBinary(p.t), "run")
+	cmd.Env = append(cleanEnv(), append([]string{"RELAY_HTTP_ADDR=" + addr, "RELAY_LOG_FORMAT=json"}, p.env...)...)
+	w := &lockedWriter{mu: &p.mu, b: &p.logs}
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		p.t.Fatalf("start relay: %v", err)
+	}
+	done := make(chan struct{})
+	p.cmd, p.done = cmd, done
+	go func() {
+		err := cmd.Wait()
+		p.mu.Lock()
+		p.exitErr = err
+		p.mu.Unlock()
+		close(done)
+	}()
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (p *RelayProc) Kill() {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+}
+
+// Stop sends SIGTERM and returns an error unless the process exits 0
+// within 60s. Stopping a killed process is a no-op.
+func (p *RelayProc) Stop() error {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	select {
+	case <-done:
+		return nil // killed (or exited) already
+	default:
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		_ = cmd.Process.Kill()
+		return fmt.Errorf("no exit within 60s of SIGTERM")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.exitErr != nil {
+		return fmt.Errorf("exit after SIGTERM: %v", p.exitErr)
+	}
+	return nil
+}
+
+// Logs returns everything the process wrote so far.
+func (p *RelayProc) Logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
+// Metric returns the value of an unlabelled metric line from /metrics, or
+// "" if the relay does not answer or has no such line.
+func (p *RelayProc) Metric(name string) string {
+	p.mu.Lock()
+	base := p.HTTP
+	p.mu.Unlock()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "RELAY_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// ServicesCmd runs scripts/services.sh with args (for fault injection:
+// rabbit-stop, rabbit-start, pg-restart, node-stop N, ...) and returns its
+// standard output.
+func ServicesCmd(t testing.TB, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(Root(), "scripts", "services.sh"), args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("services.sh %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
