@@ -1,0 +1,89 @@
+package relay_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/url"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/outboxrelay/outboxrelay/internal/testenv"
+	"github.com/outboxrelay/outboxrelay/outbox"
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// counter reads a counter's value from reg.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// Acceptance (faults issue): no goroutine leak across 100 reconnects.
+// The goroutine count after 100 cut-and-reconnect cycles settles back to
+// what it was after the first connect, and goleak (TestMain) checks that
+// nothing outlives Run.
+func TestNoGoroutineLeakAcross100Reconnects(t *testing.T) {
+	env := testenv.Services(t)
+	pool := testenv.Pool(t, testenv.NewSchema(t, true))
+	_, ch := testenv.AMQP(t, env.AMQPURL)
+	queue := testenv.Queue(t, ch, false)
+	u, _ := url.Parse(env.AMQPURL)
+	proxy := testenv.NewProxy(t, u.Host, true)
+	u.Host = proxy.Addr()
+	reg := prometheus.NewRegistry()
+	published := make(chan relay.BatchResult, 1000)
+	r := startRelay(t, pool, relay.Config{
+		AMQPURLs:     []string{u.String()},
+		ReconnectMin: time.Millisecond,
+		ReconnectMax: 5 * time.Millisecond,
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Registerer:   reg,
+		OnBatch:      func(b relay.BatchResult) { published <- b },
+	})
+	ctx := context.Background()
+	ready := func() (bool, error) { err := r.Ready(ctx); return err == nil, err }
+	testenv.Eventually(t, 30*time.Second, "first connect", ready)
+	baseline := runtime.NumGoroutine()
+
+	for i := 1; i <= 100; i++ {
+		proxy.Cut()
+		testenv.Eventually(t, 30*time.Second, "reconnect", func() (bool, error) {
+			if counter(t, reg, "outboxrelay_relay_broker_reconnects_total") < float64(i) {
+				return false, nil
+			}
+			return ready()
+		})
+	}
+	// The relay still works after all that.
+	ids, err := outbox.Enqueue(ctx, pool, outbox.Message{RoutingKey: queue, Payload: []byte("after 100 reconnects")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for got := false; !got; {
+		select {
+		case b := <-published:
+			for _, id := range b.Published {
+				got = got || id == ids[0]
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("nothing published after the reconnects")
+		}
+	}
+	testenv.Eventually(t, 30*time.Second, "goroutines to settle to the baseline", func() (bool, error) {
+		return runtime.NumGoroutine() <= baseline+3, nil
+	})
+}
