@@ -29,10 +29,16 @@ lint: ## go vet and gofmt
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: test
-test: ## install and start the services, then lint and run every test with the race detector
+test: ## install and start the services, lint, run every test with the race detector, then the fault suite
 	@scripts/services.sh up >/dev/null
 	@$(MAKE) --no-print-directory lint
 	. $(ENV_FILE) && $(GO) test -race -count=1 -timeout 15m ./...
+	@$(MAKE) --no-print-directory fault
+
+.PHONY: fault
+fault: ## the fault suite alone: kills, broker and database restarts, cuts, cluster failover, alarms (restarts the local services)
+	@scripts/services.sh up >/dev/null
+	. $(ENV_FILE) && $(GO) test -tags fault -race -count=1 -v -timeout 25m ./test/fault 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
 
 .PHONY: demo
 demo: build ## bring everything up, run the relay, insert rows with plain SQL and show them arrive

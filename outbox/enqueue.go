@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -35,6 +36,7 @@ func Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]string, error) 
 	}
 	var (
 		ids          = make([]string, len(msgs))
+		msgIDs       = make([]string, len(msgs))
 		exchanges    = make([]string, len(msgs))
 		routingKeys  = make([]string, len(msgs))
 		payloads     = make([][]byte, len(msgs))
@@ -43,6 +45,7 @@ func Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]string, error) 
 		orderingKeys = make([]*string, len(msgs))
 		availableAts = make([]*time.Time, len(msgs))
 	)
+	rows := make([]row, len(msgs))
 	for i := range msgs {
 		r, err := msgs[i].row()
 		if err != nil {
@@ -51,10 +54,19 @@ func Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]string, error) 
 			}
 			return nil, err
 		}
-		ids[i], exchanges[i], routingKeys[i], payloads[i] = r.messageID, r.exchange, r.routingKey, r.payload
+		rows[i] = r
+		ids[i] = r.messageID
+	}
+	// Keyed rows take a per-key lock as they are inserted (see the
+	// migration). Inserting them sorted by key makes every Enqueue take its
+	// locks in the same order, so two concurrent ones cannot deadlock; the
+	// sort is stable, so each key keeps the caller's order.
+	sort.SliceStable(rows, func(i, j int) bool { return keyOf(rows[i]) < keyOf(rows[j]) })
+	for i, r := range rows {
+		msgIDs[i], exchanges[i], routingKeys[i], payloads[i] = r.messageID, r.exchange, r.routingKey, r.payload
 		contentTypes[i], headers[i], orderingKeys[i], availableAts[i] = r.contentType, string(r.headers), r.orderingKey, r.availableAt
 	}
-	tag, err := tx.Exec(ctx, insertMany, ids, exchanges, routingKeys, payloads, contentTypes, headers, orderingKeys, availableAts)
+	tag, err := tx.Exec(ctx, insertMany, msgIDs, exchanges, routingKeys, payloads, contentTypes, headers, orderingKeys, availableAts)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: enqueue: %w", err)
 	}
@@ -62,4 +74,11 @@ func Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]string, error) 
 		return nil, fmt.Errorf("outbox: enqueue: wrote %d rows, expected %d", tag.RowsAffected(), len(msgs))
 	}
 	return ids, nil
+}
+
+func keyOf(r row) string {
+	if r.orderingKey == nil {
+		return ""
+	}
+	return *r.orderingKey
 }

@@ -23,6 +23,9 @@ type Status struct {
 	Due              int64         // pending and available now
 	Dead             int64         // parked
 	OldestPendingAge time.Duration // age of the oldest pending row, 0 if none
+	BlockedKeys      int64         // ordering keys with a dead row
+	DeadTuples       int64         // dead tuples in the table, per pg_stat_user_tables
+	TableBytes       int64         // pg_total_relation_size
 	ByExchange       []ExchangeStatus
 }
 
@@ -42,7 +45,11 @@ SELECT exchange, count(*), count(*) FILTER (WHERE available_at <= now()),
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
 FROM outbox WHERE published_at IS NULL AND dead_at IS NULL
 GROUP BY exchange`
-	statusDead = `SELECT exchange, count(*) FROM outbox WHERE dead_at IS NOT NULL GROUP BY exchange`
+	statusDead  = `SELECT exchange, count(*) FROM outbox WHERE dead_at IS NOT NULL GROUP BY exchange`
+	statusTable = `
+SELECT (SELECT count(DISTINCT ordering_key) FROM outbox WHERE dead_at IS NOT NULL AND ordering_key IS NOT NULL),
+       coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass), 0),
+       pg_total_relation_size('outbox'::regclass)`
 )
 
 // ReadStatus counts pending, due and dead rows, overall and per exchange.
@@ -82,6 +89,14 @@ func ReadStatus(ctx context.Context, db DB) (Status, error) {
 		return Status{}, fmt.Errorf("status: %w", err)
 	}
 	var st Status
+	rows, err = db.Query(ctx, statusTable)
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
+	_, err = pgx.ForEachRow(rows, []any{&st.BlockedKeys, &st.DeadTuples, &st.TableBytes}, func() error { return nil })
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
 	for _, s := range per {
 		st.ByExchange = append(st.ByExchange, *s)
 		st.Pending += s.Pending

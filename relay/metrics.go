@@ -22,6 +22,10 @@ type metrics struct {
 	dueRows              prometheus.Gauge
 	deadRows             prometheus.Gauge
 	oldestPending        prometheus.Gauge
+	blockedKeys          prometheus.Gauge
+	tableDeadTuples      prometheus.Gauge
+	tableBytes           prometheus.Gauge
+	retained             prometheus.Counter
 }
 
 // failure reasons, the label values of outboxrelay_relay_publish_failures_total.
@@ -74,6 +78,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "dead_rows", Help: "Rows parked as dead, as of the last stats query."}),
 		oldestPending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "oldest_pending_age_seconds", Help: "Age of the oldest pending row, as of the last stats query."}),
+		blockedKeys: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "blocked_keys", Help: "Ordering keys with a dead row: held back under the block policy, as of the last stats query."}),
+		tableDeadTuples: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "table_dead_tuples", Help: "Dead tuples in the outbox table (pg_stat_user_tables), as of the last stats query."}),
+		tableBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "table_bytes", Help: "pg_total_relation_size of the outbox table, as of the last stats query."}),
+		retained: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "retention_deleted_total", Help: "Published rows deleted by retention."}),
 	}
 	for _, r := range []string{reasonUnroutable, reasonNacked, reasonTimeout, reasonTooLarge, reasonBadHeaders, reasonNoExchange, reasonChannelClosed} {
 		m.failed.WithLabelValues(r)
@@ -82,7 +94,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.published, m.failed, m.dead, m.batches, m.batchSeconds, m.latency,
 			m.brokerConnected, m.brokerBlocked, m.brokerBlockedSeconds, m.brokerReconnects,
 			m.brokerDialFailures, m.dbErrors, m.listenerConnected,
-			m.pendingRows, m.dueRows, m.deadRows, m.oldestPending)
+			m.pendingRows, m.dueRows, m.deadRows, m.oldestPending,
+			m.blockedKeys, m.tableDeadTuples, m.tableBytes, m.retained)
 	}
 	return m
 }

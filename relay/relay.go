@@ -40,6 +40,24 @@ type Config struct {
 	// ShutdownTimeout is how long in-flight batches may finish after the
 	// Run context ends (default 10s); then they are abandoned.
 	ShutdownTimeout time.Duration
+	// OrderingPolicy says what a key's later rows do while an earlier row
+	// of the key is dead: OrderingBlock (default) holds them until the row
+	// is requeued or discarded; OrderingSkip lets them go on. Either way
+	// they wait while an earlier row is pending or retrying.
+	OrderingPolicy string
+	// RescanInterval bounds how long a worker draining a backlog goes
+	// without a claim from the start of the table (default 1s).
+	RescanInterval time.Duration
+	// Retention deletes published rows older than this, in batches of
+	// RetentionBatch every RetentionInterval, one relay at a time. Zero
+	// disables it. Dead and pending rows are never deleted.
+	Retention         time.Duration
+	RetentionInterval time.Duration // default 1m
+	RetentionBatch    int           // default 1000
+	// ListenURL, if set, is a direct PostgreSQL URL for the LISTEN
+	// connection, for when the pool goes through PgBouncer in transaction
+	// mode (which cannot LISTEN).
+	ListenURL string
 	// StatsInterval is how often the pending/dead gauges are refreshed
 	// with two cheap index-only counts (default 15s).
 	StatsInterval time.Duration
@@ -53,6 +71,12 @@ type Config struct {
 	// worker's goroutine and must be quick. Meant for tests and benchmarks.
 	OnBatch func(BatchResult)
 }
+
+// Ordering policies (Config.OrderingPolicy).
+const (
+	OrderingBlock = "block"
+	OrderingSkip  = "skip"
+)
 
 // BatchResult describes one committed batch.
 type BatchResult struct {
@@ -86,6 +110,12 @@ func (c *Config) setDefaults() {
 	def(&c.Heartbeat, 10*time.Second)
 	def(&c.ShutdownTimeout, 10*time.Second)
 	def(&c.StatsInterval, 15*time.Second)
+	def(&c.RescanInterval, time.Second)
+	def(&c.RetentionInterval, time.Minute)
+	defInt(&c.RetentionBatch, 1000)
+	if c.OrderingPolicy == "" {
+		c.OrderingPolicy = OrderingBlock
+	}
 	if c.ConnectionName == "" {
 		host, _ := os.Hostname()
 		c.ConnectionName = fmt.Sprintf("outbox-relay %s/%d", host, os.Getpid())
@@ -101,6 +131,10 @@ func (c *Config) validate() error {
 		return errors.New("relay: AMQPURLs is empty")
 	case c.BatchSize < 0, c.Workers < 0, c.MaxAttempts < 0, c.MaxPayloadBytes < 0:
 		return errors.New("relay: BatchSize, Workers, MaxAttempts and MaxPayloadBytes must not be negative")
+	case c.OrderingPolicy != OrderingBlock && c.OrderingPolicy != OrderingSkip:
+		return fmt.Errorf("relay: OrderingPolicy %q is neither %q nor %q", c.OrderingPolicy, OrderingBlock, OrderingSkip)
+	case c.Retention < 0:
+		return errors.New("relay: Retention must not be negative")
 	case c.RetryMax < c.RetryBase:
 		return errors.New("relay: RetryMax is below RetryBase")
 	case c.ReconnectMax < c.ReconnectMin:
@@ -171,7 +205,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	}()
 
 	var wg sync.WaitGroup
-	wg.Add(2 + r.cfg.Workers)
+	wg.Add(3 + r.cfg.Workers)
+	go func() {
+		defer wg.Done()
+		r.retain(ctx)
+	}()
 	go func() {
 		defer wg.Done()
 		r.listen(ctx)
@@ -220,6 +258,9 @@ func (r *Relay) stats(ctx context.Context) {
 			r.m.dueRows.Set(float64(st.Due))
 			r.m.deadRows.Set(float64(st.Dead))
 			r.m.oldestPending.Set(st.OldestPendingAge.Seconds())
+			r.m.blockedKeys.Set(float64(st.BlockedKeys))
+			r.m.tableDeadTuples.Set(float64(st.DeadTuples))
+			r.m.tableBytes.Set(float64(st.TableBytes))
 		} else if ctx.Err() == nil {
 			r.log.Debug("stats query failed", "err", err)
 		}

@@ -12,24 +12,44 @@ import (
 // transaction. SKIP LOCKED lets several workers and relays claim disjoint
 // batches without waiting on each other.
 //
-// Plan (PostgreSQL 15, 1M rows of which 50k pending): the partial index
-// outbox_pending_idx holds only pending rows, so the scan reads the backlog
-// in id order and stops at LIMIT; published and dead rows cost nothing.
+// $2 is a lower bound on id (see worker.low): while a worker drains a
+// backlog it starts where its previous batch started, instead of walking
+// the index entries of rows published since the last vacuum (which pile up
+// while a long transaction holds back the xmin horizon); a periodic full
+// scan ($2 = 0) picks up rows that committed late, came due or were
+// requeued below the bound.
+//
+// A keyed row is taken only when no earlier row of its key is unpublished:
+// pending, waiting for a retry, or (with $3, the "block" policy) dead. So a
+// key's rows are published one batch at a time, in id order, by whichever
+// relay gets there first; rows without a key are not held back.
+//
+// Plan (PostgreSQL 15, 100k rows, half keyed over 500 keys, 27k published,
+// EXPLAIN ANALYZE of a 500-row claim: 1.5 ms):
 //
 //	Limit
 //	  -> LockRows
-//	       -> Index Scan using outbox_pending_idx on outbox
-//	            Filter: (available_at <= now())
+//	       -> Index Scan using outbox_pending_idx on outbox o
+//	            Index Cond: (id >= $2)
+//	            Filter: (available_at <= now() AND (ordering_key IS NULL OR NOT (SubPlan 1)))
+//	            SubPlan 1
+//	              -> Index Only Scan using outbox_key_unpublished_idx on outbox p
+//	                   Index Cond: ((ordering_key = o.ordering_key) AND (id < o.id))
 //
-// Rows waiting for a retry (available_at in the future) are filtered, not
-// indexed: they are few unless the broker refuses most traffic.
+// The partial index outbox_pending_idx holds only pending rows, so the scan
+// reads the backlog in id order and stops at LIMIT; published and dead rows
+// cost nothing once vacuumed.
 const claimBatch = `
-SELECT id, message_id::text, exchange, routing_key, payload, content_type, headers, created_at, attempts
-FROM outbox
-WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()
-ORDER BY id
+SELECT o.id, o.message_id::text, o.exchange, o.routing_key, o.payload, o.content_type, o.headers, o.created_at, o.attempts
+FROM outbox o
+WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.available_at <= now() AND o.id >= $2
+  AND (o.ordering_key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM outbox p
+        WHERE p.ordering_key = o.ordering_key AND p.id < o.id AND p.published_at IS NULL
+          AND (p.dead_at IS NULL OR $3)))
+ORDER BY o.id
 LIMIT $1
-FOR UPDATE SKIP LOCKED`
+FOR UPDATE OF o SKIP LOCKED`
 
 // markPublished and markFailed run together in one pgx.Batch: one round
 // trip per batch, whatever its size.
@@ -57,8 +77,8 @@ type claimed struct {
 	attempts    int
 }
 
-func claim(ctx context.Context, tx pgx.Tx, limit int) ([]claimed, error) {
-	rows, err := tx.Query(ctx, claimBatch, limit)
+func claim(ctx context.Context, tx pgx.Tx, limit int, from int64, blockOnDead bool) ([]claimed, error) {
+	rows, err := tx.Query(ctx, claimBatch, limit, from, blockOnDead)
 	if err != nil {
 		return nil, fmt.Errorf("claim: %w", err)
 	}

@@ -21,6 +21,12 @@ type worker struct {
 	ch      *amqp.Channel
 	returns chan amqp.Return
 	closed  chan *amqp.Error
+
+	// low is where the next claim starts while draining (the first id of
+	// the previous batch); fullScan forces a claim from the start.
+	low      int64
+	fullScan bool
+	lastFull time.Time
 }
 
 // outcome of one row in a batch.
@@ -49,6 +55,9 @@ func (w *worker) run(stop, io context.Context) {
 		// before claiming, so rows are not held while nothing can be sent.
 		if _, err := w.r.broker.ready(stop); err != nil {
 			return
+		}
+		if time.Since(w.lastFull) >= w.r.cfg.RescanInterval {
+			w.fullScan = true
 		}
 		n, err := w.batch(io)
 		if err != nil {
@@ -81,6 +90,7 @@ func (w *worker) run(stop, io context.Context) {
 		case <-w.r.wake:
 		case <-poll.C:
 		}
+		w.fullScan = true // a wake-up may be for a row below low
 	}
 }
 
@@ -98,10 +108,18 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 		defer cancel()
 		_ = tx.Rollback(rctx) // a no-op after Commit
 	}()
-	rows, err := claim(ctx, tx, w.r.cfg.BatchSize)
+	from := w.low
+	if w.fullScan {
+		from, w.fullScan, w.lastFull = 0, false, time.Now()
+	}
+	rows, err := claim(ctx, tx, w.r.cfg.BatchSize, from, w.r.cfg.OrderingPolicy != OrderingSkip)
 	if err != nil {
 		w.r.m.dbErrors.Inc()
+		w.fullScan = true
 		return 0, err
+	}
+	if len(rows) > 0 {
+		w.low = rows[0].id
 	}
 	if len(rows) == 0 {
 		return 0, tx.Commit(ctx)

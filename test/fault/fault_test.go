@@ -4,6 +4,7 @@ package fault
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"net/url"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
+	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
 // The scenarios run one after another (no t.Parallel): several of them
@@ -140,4 +142,62 @@ func clusterURLs(t *testing.T) []string {
 	}
 	t.Fatalf("cluster-up printed no URLs:\n%s", out)
 	return nil
+}
+
+// A payload the broker refuses (over its max_message_size) closes the
+// publishing channel. Only that row may be charged: the relay republishes
+// the batch's unconfirmed rows one at a time to find it, and the rows
+// around it arrive.
+func TestBrokerRefusesOversizePayload(t *testing.T) {
+	env := testenv.Services(t)
+	testenv.ServicesCmd(t, "rabbitmqctl", "0", "eval", "application:set_env(rabbit, max_message_size, 65536).")
+	t.Cleanup(func() {
+		testenv.ServicesCmd(t, "rabbitmqctl", "0", "eval", "application:set_env(rabbit, max_message_size, 134217728).")
+	})
+	dsn := testenv.NewSchema(t, true)
+	pool := testenv.Pool(t, dsn)
+	_, ch := testenv.AMQP(t, env.AMQPURL)
+	queue := testenv.Queue(t, ch, true)
+	ctx := context.Background()
+	msgs := make([]outbox.Message, 0, 201)
+	for i := range 201 {
+		body := []byte(fmt.Sprintf(`{"n":%d}`, i))
+		if i == 100 {
+			body = make([]byte, 100_000) // over the broker's limit, under the relay's
+		}
+		msgs = append(msgs, outbox.Message{RoutingKey: queue, Payload: body})
+	}
+	ids, err := outbox.Enqueue(ctx, pool, msgs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settings := append([]string{"RELAY_DATABASE_URL=" + dsn, "RELAY_AMQP_URL=" + env.AMQPURL}, relaySettings...)
+	testenv.StartRelayProc(t, append(settings, "RELAY_MAX_ATTEMPTS=2")...) // later assignments win
+	testenv.Eventually(t, time.Minute, "the oversize row to be parked dead", func() (bool, error) {
+		var dead bool
+		err := pool.QueryRow(ctx, `SELECT dead_at IS NOT NULL FROM outbox WHERE message_id = $1`, ids[100]).Scan(&dead)
+		return dead, err
+	})
+	var lastErr string
+	var attempts int
+	if err := pool.QueryRow(ctx, `SELECT last_error, attempts FROM outbox WHERE message_id = $1`, ids[100]).Scan(&lastErr, &attempts); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(lastErr, "channel_closed") || !strings.Contains(lastErr, "PRECONDITION_FAILED") || attempts != 2 {
+		t.Errorf("oversize row: attempts %d, last_error %q", attempts, lastErr)
+	}
+	var others, charged int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE published_at IS NOT NULL), count(*) FILTER (WHERE attempts > 0)
+		FROM outbox WHERE message_id <> $1`, ids[100]).Scan(&others, &charged); err != nil {
+		t.Fatal(err)
+	}
+	if others != 200 || charged != 0 {
+		t.Errorf("of the 200 other rows, %d published and %d charged an attempt; want 200 and 0", others, charged)
+	}
+	got := testenv.Consume(t, ch, queue, 200, 30*time.Second)
+	for _, d := range got {
+		if d.MessageId == ids[100] {
+			t.Error("the oversize message arrived")
+		}
+	}
 }
