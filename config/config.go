@@ -33,6 +33,13 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	LogLevel        string
 	LogFormat       string
+	OrderingPolicy  string
+	RescanInterval  time.Duration
+	Retention       time.Duration
+	RetentionEvery  time.Duration
+	RetentionBatch  int
+	ListenURL       string
+	StatsInterval   time.Duration
 }
 
 // key describes one configuration key: its name, default, help text and
@@ -49,9 +56,8 @@ var keys = []key{
 		if s == "" {
 			return nil // required-ness depends on the command: see Load
 		}
-		u, err := url.Parse(s)
-		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || (u.Host == "" && !u.Query().Has("host")) {
-			return fmt.Errorf("must be a postgres:// URL with a host, got %s", Redact(s))
+		if err := checkPostgresURL(s); err != nil {
+			return err
 		}
 		c.DatabaseURL = s
 		return nil
@@ -87,6 +93,23 @@ var keys = []key{
 	{"heartbeat", "10s", "AMQP heartbeat interval", durationIn(time.Second, time.Hour, func(c *Config, v time.Duration) { c.Heartbeat = v })},
 	{"max_payload_bytes", "16777216", "payloads larger than this are failed without publishing (keep at or below the broker's max_message_size)", intIn(1, 512<<20, func(c *Config, v int) { c.MaxPayloadBytes = v })},
 	{"shutdown_timeout", "10s", "on SIGTERM, how long in-flight batches may take to finish before they are abandoned", durationIn(0, time.Hour, func(c *Config, v time.Duration) { c.ShutdownTimeout = v })},
+	{"ordering_policy", "block", "while an earlier row of a key is dead: block the key's later rows (until requeued or discarded) or skip past it", oneOf([]string{"block", "skip"}, func(c *Config, v string) { c.OrderingPolicy = v })},
+	{"rescan_interval", "1s", "while draining a backlog, how often a claim starts from the beginning of the table (finds rows committed late below the cursor)", durationIn(10*time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.RescanInterval = v })},
+	{"retention", "168h", "delete published rows older than this (0 keeps them forever); dead and pending rows are never deleted", durationIn(0, 100*365*24*time.Hour, func(c *Config, v time.Duration) { c.Retention = v })},
+	{"retention_interval", "1m", "how often retention runs (one relay at a time)", durationIn(10*time.Millisecond, 24*time.Hour, func(c *Config, v time.Duration) { c.RetentionEvery = v })},
+	{"retention_batch", "1000", "rows deleted per retention statement", intIn(1, 100_000, func(c *Config, v int) { c.RetentionBatch = v })},
+	{"listen_database_url", "", "direct PostgreSQL URL for LISTEN when database_url goes through PgBouncer in transaction mode; empty uses database_url", func(c *Config, s string) error {
+		if s == "" {
+			c.ListenURL = ""
+			return nil
+		}
+		if err := checkPostgresURL(s); err != nil {
+			return err
+		}
+		c.ListenURL = s
+		return nil
+	}},
+	{"stats_interval", "15s", "how often the backlog and table gauges are refreshed", durationIn(10*time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.StatsInterval = v })},
 	{"log_level", "info", "debug, info, warn or error", oneOf([]string{"debug", "info", "warn", "error"}, func(c *Config, v string) { c.LogLevel = v })},
 	{"log_format", "json", "json or text", oneOf([]string{"json", "text"}, func(c *Config, v string) { c.LogFormat = v })},
 }
@@ -244,6 +267,14 @@ func oneOf(allowed []string, set func(*Config, string)) func(*Config, string) er
 		}
 		return fmt.Errorf("must be one of %s, got %q", strings.Join(allowed, ", "), s)
 	}
+}
+
+func checkPostgresURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || (u.Host == "" && !u.Query().Has("host")) {
+		return fmt.Errorf("must be a postgres:// URL with a host, got %s", Redact(s))
+	}
+	return nil
 }
 
 // Redact returns rawURL with any password replaced, safe to log. A value
