@@ -1,0 +1,201 @@
+package relay_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxrelay/outboxrelay/internal/testenv"
+	"github.com/outboxrelay/outboxrelay/outbox"
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// Two transactions writing one ordering key: the second to insert waits
+// for the first to commit, so id order is commit order for the key, even
+// when the second transaction began first. Without a key, the gap is
+// allowed (and shown, so the test proves the difference).
+func TestKeyedInsertsGetIdsInCommitOrder(t *testing.T) {
+	t.Parallel()
+	pool := testenv.Pool(t, testenv.NewSchema(t, true))
+	ctx := context.Background()
+
+	for _, keyed := range []bool{true, false} {
+		var key any
+		if keyed {
+			key = testenv.Name("k")
+		}
+		early, err := pool.Begin(ctx) // begins first, inserts second
+		if err != nil {
+			t.Fatal(err)
+		}
+		late, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const ins = `INSERT INTO outbox (routing_key, payload, ordering_key) VALUES ('q', '\x00', $1) RETURNING id`
+		var lateID, earlyID int64
+		if err := late.QueryRow(ctx, ins, key).Scan(&lateID); err != nil {
+			t.Fatal(err)
+		}
+		var earlyPID int
+		if err := early.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&earlyPID); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- early.QueryRow(ctx, ins, key).Scan(&earlyID) }()
+		if keyed {
+			// The early transaction's insert waits on the key's lock.
+			testenv.Eventually(t, 30*time.Second, "the second writer of the key to wait", func() (bool, error) {
+				var waiting bool
+				err := pool.QueryRow(ctx, `SELECT wait_event = 'advisory' FROM pg_stat_activity WHERE pid = $1`, earlyPID).Scan(&waiting)
+				return waiting, err
+			})
+		} else if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if err := late.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if keyed {
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := early.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// late committed first.
+		if keyed && earlyID < lateID {
+			t.Errorf("keyed: the row committed second got id %d, below the first's %d", earlyID, lateID)
+		}
+		if !keyed && earlyID < lateID {
+			t.Errorf("unkeyed: expected the commit-order gap (ids %d then %d)", lateID, earlyID)
+		}
+	}
+}
+
+// The block policy holds a key's later rows while an earlier row is dead;
+// requeueing it releases them in order. Skip lets them pass.
+func TestOrderingPolicyOnDeadRows(t *testing.T) {
+	t.Parallel()
+	for _, policy := range []string{relay.OrderingBlock, relay.OrderingSkip} {
+		t.Run(policy, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, func(c *relay.Config) {
+				c.OrderingPolicy = policy
+				c.MaxAttempts = 2
+				c.RetryBase, c.RetryMax = time.Millisecond, time.Millisecond
+				c.PollInterval = 10 * time.Millisecond
+			})
+			ctx := context.Background()
+			key := testenv.Name("order")
+			unbound := testenv.Name("unbound")
+			ids, err := outbox.Enqueue(ctx, b.pool,
+				outbox.Message{Exchange: "amq.direct", RoutingKey: unbound, Payload: []byte("first"), OrderingKey: key},
+				outbox.Message{RoutingKey: b.queue, Payload: []byte("second"), OrderingKey: key},
+			)
+			if err != nil {
+				t.Fatal(err)
+			}
+			testenv.Eventually(t, 30*time.Second, "the first row to die", func() (bool, error) {
+				var dead bool
+				err := b.pool.QueryRow(ctx, `SELECT dead_at IS NOT NULL FROM outbox WHERE message_id = $1`, ids[0]).Scan(&dead)
+				return dead, err
+			})
+			st, err := relay.ReadStatus(ctx, b.pool)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.BlockedKeys != 1 {
+				t.Errorf("status: %d keys with a dead row, want 1", st.BlockedKeys)
+			}
+			// A sentinel without key, written after: once it is out, the
+			// relay has had every chance to publish "second".
+			sentinel, err := outbox.Enqueue(ctx, b.pool, outbox.Message{RoutingKey: b.queue, Payload: []byte("sentinel")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if policy == relay.OrderingSkip {
+				b.waitPublished(t, append(sentinel, ids[1])...)
+				return
+			}
+			b.waitPublished(t, sentinel...)
+			if published(t, b.pool, ids[1]) {
+				t.Fatal("block policy: the key's second row was published while the first is dead")
+			}
+			// Route the first row, requeue it: both go, in order.
+			if err := b.ch.QueueBind(b.queue, unbound, "amq.direct", false, nil); err != nil {
+				t.Fatal(err)
+			}
+			var rowID int64
+			if err := b.pool.QueryRow(ctx, `SELECT id FROM outbox WHERE message_id = $1`, ids[0]).Scan(&rowID); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := relay.Requeue(ctx, b.pool, []int64{rowID}); err != nil {
+				t.Fatal(err)
+			}
+			b.waitPublished(t, ids...)
+			got := testenv.Consume(t, b.ch, b.queue, 3, 30*time.Second)
+			if got[1].MessageId != ids[0] || got[2].MessageId != ids[1] {
+				t.Fatalf("arrival order %s, %s, %s; want sentinel, first, second", got[0].Body, got[1].Body, got[2].Body)
+			}
+		})
+	}
+}
+
+func published(t *testing.T, pool *pgxpool.Pool, messageID string) bool {
+	t.Helper()
+	var p bool
+	if err := pool.QueryRow(context.Background(), `SELECT published_at IS NOT NULL FROM outbox WHERE message_id = $1`, messageID).Scan(&p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Acceptance (scale issue): retention deletes old published rows and leaves
+// pending, dead and recent rows alone, with two relays running it at once.
+func TestRetentionDeletesOnlyOldPublishedRows(t *testing.T) {
+	t.Parallel()
+	env := testenv.Services(t)
+	pool := testenv.Pool(t, testenv.NewSchema(t, true))
+	ctx := context.Background()
+	_, err := pool.Exec(ctx, `
+		INSERT INTO outbox (routing_key, payload, published_at, available_at, dead_at)
+		SELECT 'q', '\x00',
+		       CASE WHEN g <= 2500 THEN now() - interval '2 days'   -- old published: to delete
+		            WHEN g <= 2600 THEN now() - interval '1 hour' END, -- recent published: kept
+		       CASE WHEN g > 2600 THEN now() + interval '1 day' ELSE now() END, -- pending, not due: kept
+		       CASE WHEN g > 2700 THEN now() - interval '3 days' END             -- dead: kept
+		FROM generate_series(1, 2800) g`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		startRelay(t, pool, relay.Config{
+			AMQPURLs:          []string{env.AMQPURL},
+			Retention:         24 * time.Hour,
+			RetentionInterval: 10 * time.Millisecond,
+			RetentionBatch:    100,
+			Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+		})
+	}
+	testenv.Eventually(t, time.Minute, "old published rows to be deleted", func() (bool, error) {
+		var n int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at < now() - interval '1 day'`).Scan(&n)
+		return n == 0, err
+	})
+	var recent, pending, dead int
+	err = pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE published_at IS NOT NULL),
+		count(*) FILTER (WHERE published_at IS NULL AND dead_at IS NULL),
+		count(*) FILTER (WHERE dead_at IS NOT NULL) FROM outbox`).Scan(&recent, &pending, &dead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recent != 100 || pending != 100 || dead != 100 {
+		t.Fatalf("kept %d recent published, %d pending, %d dead; want 100 each", recent, pending, dead)
+	}
+}
