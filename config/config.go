@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/outboxrelay/outboxrelay/internal/redact"
 	"github.com/spf13/viper"
 )
 
@@ -279,21 +281,7 @@ func checkPostgresURL(s string) error {
 
 // Redact returns rawURL with any password replaced, safe to log. A value
 // that does not parse as a URL is replaced whole, since it may be a secret.
-func Redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "<unparseable URL>"
-	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	q := u.Query()
-	if q.Has("password") {
-		q.Set("password", "xxxxx")
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
-}
+func Redact(rawURL string) string { return redact.URL(rawURL) }
 
 // Describe lists each key with its default and help, for `relay help config`.
 func Describe() [][3]string {

@@ -3,8 +3,9 @@ package inbox
 import (
 	"context"
 	"errors"
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
+	"github.com/outboxrelay/outboxrelay/internal/redact"
 	"log/slog"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +21,7 @@ type Consumer struct {
 	log     *slog.Logger
 	m       *metrics
 	br      *breaker
-	dial    backoff
+	dial    backoff.Policy
 	running atomic.Bool
 
 	mu     sync.Mutex
@@ -37,7 +38,7 @@ func New(cfg Config) (*Consumer, error) {
 		cfg:    cfg,
 		log:    cfg.Logger.With("consumer", cfg.Name, "queue", cfg.Queue),
 		m:      newMetrics(cfg.Registerer, cfg.Name),
-		dial:   backoff{base: cfg.ReconnectMin, max: cfg.ReconnectMax},
+		dial:   backoff.Policy{Base: cfg.ReconnectMin, Max: cfg.ReconnectMax},
 		status: "not started",
 	}
 	c.br = newBreaker(cfg.BreakerThreshold, c.breakerChanged)
@@ -72,14 +73,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 		})
 		if err != nil {
 			c.m.dialFailures.Inc()
-			delay := c.dial.delay(failures)
-			c.log.Warn("broker dial failed", "broker", hostOf(u), "err", err, "retry_in", delay)
+			delay := c.dial.Full(failures)
+			c.log.Warn("broker dial failed", "broker", redact.Host(u), "err", err, "retry_in", delay)
 			failures++
 			next++
-			sleep(ctx.Done(), delay)
+			backoff.Sleep(ctx.Done(), delay)
 			continue
 		}
-		c.log.Info("broker connected", "broker", hostOf(u))
+		c.log.Info("broker connected", "broker", redact.Host(u))
 		consumed, err := c.serve(ctx, conn)
 		_ = conn.Close()
 		if ctx.Err() != nil {
@@ -89,11 +90,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if consumed {
 			failures = 0
 		}
-		delay := c.dial.delay(failures)
-		c.log.Warn("broker connection lost", "broker", hostOf(u), "err", err, "retry_in", delay)
+		delay := c.dial.Full(failures)
+		c.log.Warn("broker connection lost", "broker", redact.Host(u), "err", err, "retry_in", delay)
 		failures++
 		next++ // a node that just failed is likely still down: try the next one first
-		sleep(ctx.Done(), delay)
+		backoff.Sleep(ctx.Done(), delay)
 	}
 	c.setStatus("stopped")
 	wg.Wait()
@@ -172,7 +173,7 @@ func (c *Consumer) serve(ctx context.Context, conn *amqp.Connection) (bool, erro
 		}
 		// The channel closed or the broker cancelled the consumer (queue
 		// deleted, leader moved): subscribe again on this connection.
-		delay := c.dial.delay(failures)
+		delay := c.dial.Full(failures)
 		failures++
 		c.log.Warn("subscription ended", "err", err, "retry_in", delay)
 		c.setStatus("resubscribing")
@@ -218,15 +219,6 @@ func connErr(e *amqp.Error) error {
 		return errConnectionLost
 	}
 	return errors.Join(errConnectionLost, e)
-}
-
-// hostOf returns host:port of a URL, for logs: never the credentials.
-func hostOf(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "<unparseable>"
-	}
-	return u.Host
 }
 
 func boolFloat(v bool) float64 {

@@ -8,12 +8,10 @@ import (
 	"log/slog"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxrelay/outboxrelay/inbox"
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
-	"github.com/outboxrelay/outboxrelay/migrations"
 )
 
 // The handler's writes and the inbox row commit together, so the second
@@ -22,7 +20,7 @@ import (
 func Example_consumeThroughTheInbox() {
 	ctx := context.Background()
 	env := testenv.MustServices()
-	pool, done := exampleDatabase(ctx)
+	pool, done := testenv.ExampleDatabase(ctx)
 	defer done()
 	_, _ = pool.Exec(ctx, `CREATE TABLE orders_applied (order_id int PRIMARY KEY, total_cents int NOT NULL)`)
 
@@ -89,30 +87,4 @@ func Example_consumeThroughTheInbox() {
 	// applied
 	// duplicate
 	// orders applied: 1, total 1999 cents
-}
-
-// exampleDatabase gives an example a migrated schema of its own.
-func exampleDatabase(ctx context.Context) (*pgxpool.Pool, func()) {
-	env := testenv.MustServices()
-	schema := testenv.Name("example")
-	admin, err := pgx.Connect(ctx, env.DatabaseURL)
-	if err != nil {
-		panic(err)
-	}
-	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		panic(err)
-	}
-	dsn := testenv.WithSearchPath(env.DatabaseURL, schema)
-	if _, err := migrations.Up(ctx, dsn); err != nil {
-		panic(err)
-	}
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		panic(err)
-	}
-	return pool, func() {
-		pool.Close()
-		_, _ = admin.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
-		_ = admin.Close(ctx)
-	}
 }

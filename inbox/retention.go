@@ -3,6 +3,7 @@ package inbox
 import (
 	"context"
 	"fmt"
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
 )
 
 // pruneInbox deletes one batch of this consumer's rows older than the
@@ -31,7 +32,7 @@ func (c *Consumer) retain(ctx context.Context) {
 		case n > 0:
 			c.log.Info("inbox retention deleted old rows", "deleted", n, "window", c.cfg.RetentionWindow)
 		}
-		if !sleep(ctx.Done(), c.cfg.RetentionInterval) {
+		if !backoff.Sleep(ctx.Done(), c.cfg.RetentionInterval) {
 			return
 		}
 	}

@@ -5,17 +5,15 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
-	"github.com/outboxrelay/outboxrelay/migrations"
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
 // The business row and its message commit together, or not at all.
 func Example_enqueueInYourTransaction() {
 	ctx := context.Background()
-	pool, done := exampleDatabase(ctx)
+	pool, done := testenv.ExampleDatabase(ctx)
 	defer done()
 
 	_, _ = pool.Exec(ctx, `CREATE TABLE orders (id int PRIMARY KEY, total_cents int NOT NULL)`)
@@ -41,30 +39,4 @@ func Example_enqueueInYourTransaction() {
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&pending)
 	fmt.Println("rows waiting for the relay:", pending)
 	// Output: rows waiting for the relay: 1
-}
-
-// exampleDatabase gives an example a migrated schema of its own.
-func exampleDatabase(ctx context.Context) (*pgxpool.Pool, func()) {
-	env := testenv.MustServices()
-	schema := testenv.Name("example")
-	admin, err := pgx.Connect(ctx, env.DatabaseURL)
-	if err != nil {
-		panic(err)
-	}
-	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		panic(err)
-	}
-	dsn := testenv.WithSearchPath(env.DatabaseURL, schema)
-	if _, err := migrations.Up(ctx, dsn); err != nil {
-		panic(err)
-	}
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		panic(err)
-	}
-	return pool, func() {
-		pool.Close()
-		_, _ = admin.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
-		_ = admin.Close(ctx)
-	}
 }

@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
+	"github.com/outboxrelay/outboxrelay/internal/redact"
 	"log/slog"
-	"net/url"
 	"sync"
 	"time"
 
@@ -22,7 +23,7 @@ var ErrBrokerUnavailable = errors.New("relay: broker unavailable")
 type broker struct {
 	urls      []string
 	heartbeat time.Duration
-	backoff   backoff
+	backoff   backoff.Policy
 	name      string
 	log       *slog.Logger
 	m         *metrics
@@ -37,7 +38,7 @@ type broker struct {
 
 const exchangeCacheTTL = 30 * time.Second
 
-func newBroker(urls []string, heartbeat time.Duration, bo backoff, name string, log *slog.Logger, m *metrics) *broker {
+func newBroker(urls []string, heartbeat time.Duration, bo backoff.Policy, name string, log *slog.Logger, m *metrics) *broker {
 	return &broker{
 		urls:      urls,
 		heartbeat: heartbeat,
@@ -64,11 +65,11 @@ func (b *broker) run(ctx context.Context) error {
 		})
 		if err != nil {
 			b.m.brokerDialFailures.Inc()
-			delay := b.backoff.full(failures)
-			b.log.Warn("broker dial failed", "broker", hostOf(u), "err", err, "retry_in", delay)
+			delay := b.backoff.Full(failures)
+			b.log.Warn("broker dial failed", "broker", redact.Host(u), "err", err, "retry_in", delay)
 			failures++
 			next++
-			if !sleep(ctx.Done(), delay) {
+			if !backoff.Sleep(ctx.Done(), delay) {
 				break
 			}
 			continue
@@ -77,9 +78,9 @@ func (b *broker) run(ctx context.Context) error {
 		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
 		blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 4))
 		b.setConn(conn, next%len(b.urls))
-		b.log.Info("broker connected", "broker", hostOf(u))
+		b.log.Info("broker connected", "broker", redact.Host(u))
 		if err := b.watch(ctx, conn, closed, blocked); err != nil {
-			b.log.Warn("broker connection lost", "broker", hostOf(u), "err", err)
+			b.log.Warn("broker connection lost", "broker", redact.Host(u), "err", err)
 			b.m.brokerReconnects.Inc()
 			next++ // a node that just failed is likely still down: try the next one first
 		}
@@ -224,15 +225,6 @@ func (b *broker) exchangeExists(ctx context.Context, name string) (bool, error) 
 	b.exchanges[name] = time.Now()
 	b.mu.Unlock()
 	return true, nil
-}
-
-// hostOf returns host:port of a URL, for logs: never the credentials.
-func hostOf(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "<unparseable>"
-	}
-	return u.Host
 }
 
 func boolFloat(v bool) float64 {

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"fmt"
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -12,7 +13,7 @@ import (
 // backoff and wakes a worker at once, since rows may have been committed
 // while nobody listened.
 func (r *Relay) listen(ctx context.Context) {
-	bo := backoff{base: r.cfg.ReconnectMin, max: r.cfg.ReconnectMax}
+	bo := backoff.Policy{Base: r.cfg.ReconnectMin, Max: r.cfg.ReconnectMax}
 	failures := 0
 	for ctx.Err() == nil {
 		err := r.listenOnce(ctx, func() { failures = 0 })
@@ -20,10 +21,10 @@ func (r *Relay) listen(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		delay := bo.full(failures)
+		delay := bo.Full(failures)
 		failures++
 		r.log.Warn("notification listener lost", "err", err, "retry_in", delay)
-		if !sleep(ctx.Done(), delay) {
+		if !backoff.Sleep(ctx.Done(), delay) {
 			return
 		}
 	}

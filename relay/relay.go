@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
 	"log/slog"
 	"os"
 	"sync"
@@ -153,7 +154,7 @@ type Relay struct {
 	m      *metrics
 	broker *broker
 	wake   chan struct{}
-	retry  backoff
+	retry  backoff.Policy
 }
 
 // New builds a Relay over pool, which must reach the database whose
@@ -164,7 +165,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	m := newMetrics(cfg.Registerer)
-	reconnect := backoff{base: cfg.ReconnectMin, max: cfg.ReconnectMax}
+	reconnect := backoff.Policy{Base: cfg.ReconnectMin, Max: cfg.ReconnectMax}
 	return &Relay{
 		cfg:    cfg,
 		pool:   pool,
@@ -172,7 +173,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
 		m:      m,
 		broker: newBroker(cfg.AMQPURLs, cfg.Heartbeat, reconnect, cfg.ConnectionName, cfg.Logger, m),
 		wake:   make(chan struct{}, 1),
-		retry:  backoff{base: cfg.RetryBase, max: cfg.RetryMax},
+		retry:  backoff.Policy{Base: cfg.RetryBase, Max: cfg.RetryMax},
 	}, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
 	"log/slog"
 	"time"
 
@@ -46,7 +47,7 @@ const (
 // batch can finish after stop during a graceful shutdown.
 func (w *worker) run(stop, io context.Context) {
 	defer w.closeChannel()
-	bo := backoff{base: w.r.cfg.ReconnectMin, max: w.r.cfg.ReconnectMax}
+	bo := backoff.Policy{Base: w.r.cfg.ReconnectMin, Max: w.r.cfg.ReconnectMax}
 	failures := 0
 	poll := time.NewTimer(w.r.cfg.PollInterval)
 	defer poll.Stop()
@@ -64,10 +65,10 @@ func (w *worker) run(stop, io context.Context) {
 			if io.Err() != nil {
 				return
 			}
-			delay := bo.full(failures)
+			delay := bo.Full(failures)
 			failures++
 			w.log.Warn("batch abandoned", "err", err, "retry_in", delay)
-			if !sleep(stop.Done(), delay) {
+			if !backoff.Sleep(stop.Done(), delay) {
 				return
 			}
 			continue
@@ -144,7 +145,7 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 		case stateFailed:
 			failedIDs = append(failedIDs, rows[i].id)
 			errs = append(errs, o.reason+": "+o.msg)
-			delays = append(delays, w.r.retry.equal(rows[i].attempts).Milliseconds())
+			delays = append(delays, w.r.retry.Equal(rows[i].attempts).Milliseconds())
 			w.r.m.failed.WithLabelValues(o.reason).Inc()
 			w.log.Warn("publish failed", "id", rows[i].id, "message_id", rows[i].messageID,
 				"exchange", rows[i].exchange, "routing_key", rows[i].routingKey,

@@ -91,7 +91,7 @@ func TestChainEnqueueRelayKillsInboxExactlyOnce(t *testing.T) {
 
 	relayEnv := []string{"RELAY_DATABASE_URL=" + dsn, "RELAY_AMQP_URL=" + env.AMQPURL,
 		"RELAY_BATCH_SIZE=25", "RELAY_RECONNECT_MAX=200ms"}
-	relays := []*proc{startRelay(t, relayEnv...), startRelay(t, relayEnv...)}
+	relays := []*testenv.RelayProc{startRelay(t, relayEnv...), startRelay(t, relayEnv...)}
 
 	// Enqueue in chunks; after each chunk, wait until the relays are
 	// publishing it, then SIGKILL one of them mid-drain and start a new one.
@@ -120,8 +120,7 @@ func TestChainEnqueueRelayKillsInboxExactlyOnce(t *testing.T) {
 			return n > 0, err
 		})
 		victim := relays[c%2]
-		_ = victim.cmd.Process.Kill() // SIGKILL: no cleanup, claims end with its connections
-		<-victim.done
+		victim.Kill() // SIGKILL: no cleanup, claims end with its connections
 		kills++
 		relays[c%2] = startRelay(t, relayEnv...)
 	}

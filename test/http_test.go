@@ -3,11 +3,8 @@ package test
 import (
 	"io"
 	"net/http"
-	"syscall"
 	"testing"
 )
-
-const terminate = syscall.SIGTERM
 
 func get(t *testing.T, u string) string {
 	t.Helper()

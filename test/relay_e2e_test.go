@@ -69,9 +69,9 @@ func TestTwoRelaysPublishEveryRowExactlyOnce(t *testing.T) {
 		t.Fatalf("%d extra messages in the queue: duplicates", q.Messages)
 	}
 	// Both relays did part of the work.
-	for name, p := range map[string]*proc{"a": a, "b": b} {
-		if !strings.Contains(p.out.String(), `"relay started"`) {
-			t.Errorf("relay %s did not start:\n%s", name, p.out.String())
+	for name, p := range map[string]*testenv.RelayProc{"a": a, "b": b} {
+		if !strings.Contains(p.Logs(), `"relay started"`) {
+			t.Errorf("relay %s did not start:\n%s", name, p.Logs())
 		}
 	}
 }
@@ -140,21 +140,19 @@ func TestPasswordNeverLogged(t *testing.T) {
 	wrong.User = url.UserPassword(u.User.Username(), "Wr0ng-Secret-"+testenv.Name("pw"))
 	bad := startRelay(t, "RELAY_DATABASE_URL="+wrong.String(), "RELAY_AMQP_URL="+env.AMQPURL, "RELAY_LOG_LEVEL=debug")
 	testenv.Eventually(t, 30*time.Second, "the failing relay to log a database error", func() (bool, error) {
-		return strings.Contains(bad.out.String(), "password authentication failed"), nil
+		return strings.Contains(bad.Logs(), "password authentication failed"), nil
 	})
 	// Stop both so their logs are complete.
-	for _, p := range []*proc{ok, bad} {
-		_ = p.cmd.Process.Signal(terminate)
-		<-p.done
-		if p.err != nil {
-			t.Errorf("relay exit after SIGTERM: %v", p.err)
+	for _, p := range []*testenv.RelayProc{ok, bad} {
+		if err := p.Stop(); err != nil {
+			t.Errorf("relay: %v", err)
 		}
 	}
 	wrongPW, _ := wrong.User.Password()
 	for _, secret := range []string{password, wrongPW} {
-		for _, p := range []*proc{ok, bad} {
-			if strings.Contains(p.out.String(), secret) {
-				t.Errorf("a log line reveals a password:\n%s", p.out.String())
+		for _, p := range []*testenv.RelayProc{ok, bad} {
+			if strings.Contains(p.Logs(), secret) {
+				t.Errorf("a log line reveals a password:\n%s", p.Logs())
 			}
 		}
 	}
@@ -204,16 +202,16 @@ func TestReadyzFollowsTheBroker(t *testing.T) {
 	u.Host = proxy.Addr()
 	p := startRelay(t, "RELAY_DATABASE_URL="+dsn, "RELAY_AMQP_URL="+u.String(), "RELAY_RECONNECT_MIN=10ms", "RELAY_RECONNECT_MAX=50ms")
 	testenv.Eventually(t, 30*time.Second, "healthz to answer", func() (bool, error) {
-		return p.status("/healthz") == 200, nil
+		return status(p, "/healthz") == 200, nil
 	})
-	if s := p.status("/readyz"); s != 503 {
+	if s := status(p, "/readyz"); s != 503 {
 		t.Fatalf("readyz with the broker unreachable = %d, want 503", s)
 	}
 	proxy.SetUp(true)
 	testenv.Eventually(t, 30*time.Second, "readyz to pass once the broker is reachable", func() (bool, error) {
-		return p.status("/readyz") == 200, nil
+		return status(p, "/readyz") == 200, nil
 	})
-	metrics := get(t, p.health+"/metrics")
+	metrics := get(t, p.URL()+"/metrics")
 	if !strings.Contains(metrics, "outboxrelay_relay_broker_connected 1") {
 		t.Errorf("metrics do not show the broker connected:\n%s", metrics)
 	}

@@ -85,7 +85,7 @@ func (p *RelayProc) Start() {
 	_ = ln.Close()
 	p.HTTP = "http://" + addr
 	cmd := exec.Command(RelayBinary(p.t), "run")
-	cmd.Env = append(cleanEnv(), append([]string{"RELAY_HTTP_ADDR=" + addr, "RELAY_LOG_FORMAT=json"}, p.env...)...)
+	cmd.Env = append(CleanEnv(), append([]string{"RELAY_HTTP_ADDR=" + addr, "RELAY_LOG_FORMAT=json"}, p.env...)...)
 	w := &lockedWriter{mu: &p.mu, b: &p.logs}
 	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
@@ -137,6 +137,13 @@ func (p *RelayProc) Stop() error {
 	return nil
 }
 
+// URL is the base URL of the process's HTTP endpoints.
+func (p *RelayProc) URL() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.HTTP
+}
+
 // Logs returns everything the process wrote so far.
 func (p *RelayProc) Logs() string {
 	p.mu.Lock()
@@ -147,10 +154,7 @@ func (p *RelayProc) Logs() string {
 // Metric returns the value of an unlabelled metric line from /metrics, or
 // "" if the relay does not answer or has no such line.
 func (p *RelayProc) Metric(name string) string {
-	p.mu.Lock()
-	base := p.HTTP
-	p.mu.Unlock()
-	resp, err := http.Get(base + "/metrics")
+	resp, err := http.Get(p.URL() + "/metrics")
 	if err != nil {
 		return ""
 	}
@@ -176,7 +180,8 @@ func (w *lockedWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
-func cleanEnv() []string {
+// CleanEnv is the process environment without any RELAY_* variable.
+func CleanEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "RELAY_") {

@@ -281,3 +281,30 @@ func Eventually(t testing.TB, deadline time.Duration, what string, cond func() (
 		wait = min(wait*2, 200*time.Millisecond)
 	}
 }
+
+// ExampleDatabase gives a runnable example (which has no *testing.T) a
+// migrated schema of its own; done drops it. It panics when the services
+// cannot be had.
+func ExampleDatabase(ctx context.Context) (pool *pgxpool.Pool, done func()) {
+	env := MustServices()
+	schema := Name("example")
+	admin, err := pgx.Connect(ctx, env.DatabaseURL)
+	if err != nil {
+		panic(err)
+	}
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		panic(err)
+	}
+	dsn := WithSearchPath(env.DatabaseURL, schema)
+	if _, err := migrations.Up(ctx, dsn); err != nil {
+		panic(err)
+	}
+	if pool, err = pgxpool.New(ctx, dsn); err != nil {
+		panic(err)
+	}
+	return pool, func() {
+		pool.Close()
+		_, _ = admin.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
+		_ = admin.Close(ctx)
+	}
+}
