@@ -686,7 +686,7 @@ node_launch() {
 
 # Wait until node N runs the rabbit application and its management API answers.
 node_wait_up() {
-	local n="$1" deadline="$2" name pid hinted= since=$SECONDS
+	local n="$1" deadline="$2" name pid hinted= since=$SECONDS relaunches=0
 	name="$(node_name "$n")"
 	pid="${NODE_LAUNCH_PID[$n]:-}"
 	while :; do
@@ -694,6 +694,16 @@ node_wait_up() {
 			break
 		fi
 		if [ -n "$pid" ] && ! alive "$pid" && [ -z "$(node_server_pids "$n")" ]; then
+			# RabbitMQ 3.10 sometimes aborts a boot while syncing feature
+			# flags with a peer that is itself still starting
+			# (incompatible_feature_flags / badmap); a second boot succeeds.
+			if [ "$relaunches" -lt 2 ]; then
+				relaunches=$((relaunches + 1))
+				log "$name exited during startup; starting it again (retry $relaunches of 2)"
+				node_launch "$n"
+				pid="${NODE_LAUNCH_PID[$n]:-}"
+				continue
+			fi
 			node_log_tail "$n"
 			die "$name exited during startup"
 		fi

@@ -76,7 +76,7 @@ func run(t *testing.T, name string, d drain, fault func(ctx context.Context, h *
 	}
 	dsn := testenv.NewSchema(t, true)
 	h := &harness{t: t, pool: testenv.Pool(t, dsn)}
-	_, ch := testenv.AMQP(t, d.consume)
+	_, ch := testenv.AMQP(t, strings.Split(d.consume, ",")[0])
 	h.queue = testenv.Queue(t, ch, true)
 	settings := append(append([]string{"RELAY_DATABASE_URL=" + dsn, "RELAY_AMQP_URL=" + d.amqpURL}, relaySettings...), d.extra...)
 	for range d.relays {
