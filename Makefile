@@ -38,7 +38,7 @@ test: ## install and start the services, lint, run every test with the race dete
 .PHONY: fault
 fault: ## the fault suite alone: kills, broker and database restarts, cuts, cluster failover, alarms (restarts the local services)
 	@scripts/services.sh up >/dev/null
-	. $(ENV_FILE) && $(GO) test -tags fault -race -count=1 -v -timeout 25m ./test/fault 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
+	. $(ENV_FILE) && $(GO) test -tags fault -race -count=1 -v -timeout 25m ./test/fault 2>&1 | grep --line-buffered -vE '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
 
 .PHONY: demo
 demo: build ## bring everything up, run the relay, insert rows with plain SQL and show them arrive

@@ -23,7 +23,7 @@ func TestDeadRowIsListedAndRequeued(t *testing.T) {
 	ctx := context.Background()
 
 	key := testenv.Name("unbound")
-	ids, err := outbox.Enqueue(ctx, pool, outbox.Message{Exchange: "amq.direct", RoutingKey: key, Payload: []byte("parked")})
+	ids, err := outbox.Enqueue(ctx, pool, outbox.Message{Exchange: "amq.direct", RoutingKey: key, Payload: []byte("parked"), OrderingKey: "customer-7"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,8 @@ func TestDeadRowIsListedAndRequeued(t *testing.T) {
 		t.Fatalf("relay dead: exit %d, output:\n%s", code, out)
 	}
 	out, code = relayCmd(t, []string{db}, "status", "--json")
-	if code != 0 || !strings.Contains(out, `"dead": 1`) || !strings.Contains(out, `"exchange": "amq.direct"`) {
+	if code != 0 || !strings.Contains(out, `"dead": 1`) || !strings.Contains(out, `"exchange": "amq.direct"`) ||
+		!strings.Contains(out, `"blocked_keys": 1`) {
 		t.Fatalf("relay status --json: exit %d, output:\n%s", code, out)
 	}
 
@@ -78,7 +79,8 @@ func TestDeadRowIsListedAndRequeued(t *testing.T) {
 		return published, err
 	})
 	out, code = relayCmd(t, []string{db}, "status")
-	if code != 0 || !strings.Contains(out, "TOTAL") || strings.Contains(out, "amq.direct") {
+	if code != 0 || !strings.Contains(out, "TOTAL") || strings.Contains(out, "amq.direct") ||
+		!strings.Contains(out, "ordering keys with a dead row: 0 (ordering_policy block") {
 		t.Fatalf("relay status after requeue: exit %d, output:\n%s", code, out)
 	}
 }

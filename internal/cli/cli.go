@@ -116,7 +116,7 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintln(w, "\nconfiguration (flag --key-name, environment RELAY_KEY_NAME, or YAML file with --config):")
 	for _, k := range config.Describe() {
-		fmt.Fprintf(w, "  %-18s default %-16q %s\n", k[0], k[1], k[2])
+		fmt.Fprintf(w, "  %-19s default %-16q %s\n", k[0], k[1], k[2])
 	}
 }
 

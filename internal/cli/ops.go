@@ -50,8 +50,14 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 	}
 	if asJSON, _ := fs.GetBool("json"); asJSON {
 		out := map[string]any{
-			"pending": st.Pending, "due": st.Due, "dead": st.Dead,
+			"pending":                    st.Pending,
+			"due":                        st.Due,
+			"dead":                       st.Dead,
 			"oldest_pending_age_seconds": st.OldestPendingAge.Seconds(),
+			"blocked_keys":               st.BlockedKeys,
+			"ordering_policy":            cfg.OrderingPolicy,
+			"table_bytes":                st.TableBytes,
+			"table_dead_tuples":          st.DeadTuples,
 		}
 		var list []map[string]any
 		for _, s := range st.ByExchange {
@@ -69,7 +75,16 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", exchangeName(s.Exchange), s.Pending, s.Due, s.Dead, age(s.OldestPendingAge))
 	}
 	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%s\n", st.Pending, st.Due, st.Dead, age(st.OldestPendingAge))
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	held := "their later rows wait until the dead row is requeued or deleted"
+	if cfg.OrderingPolicy == "skip" {
+		held = "their later rows are published past it"
+	}
+	fmt.Fprintf(e.stdout, "\nordering keys with a dead row: %d (ordering_policy %s: %s)\n", st.BlockedKeys, cfg.OrderingPolicy, held)
+	fmt.Fprintf(e.stdout, "outbox table: %.1f MiB, %d dead tuples\n", float64(st.TableBytes)/(1<<20), st.DeadTuples)
+	return nil
 }
 
 func runDead(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {

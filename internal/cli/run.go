@@ -28,14 +28,15 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 		return fmt.Errorf("database_url: %s", redactErr(err, cfg.DatabaseURL))
 	}
 	poolCfg.MaxConns = int32(cfg.Workers + 4)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	poolCfg.ConnConfig.Tracer = newRoundTrips(reg)
 	pool, err := pgxpool.NewWithConfig(context.WithoutCancel(ctx), poolCfg)
 	if err != nil {
 		return fmt.Errorf("database pool: %w", err)
 	}
 	defer pool.Close()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r, err := relay.New(pool, relay.Config{
 		AMQPURLs:          cfg.AMQPURLs,
 		BatchSize:         cfg.BatchSize,
