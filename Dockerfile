@@ -1,14 +1,17 @@
 # syntax=docker/dockerfile:1
 # Build:  docker build -t outboxrelay:dev --build-arg VERSION=v1.2.3 .
+#         docker build --target orders-consumer -t outboxrelay-orders-consumer:dev .
 # Run:    docker compose up (see docker-compose.yml)
 
-FROM golang:1.26 AS build
+FROM golang:1.26 AS source
 WORKDIR /src
 ENV CGO_ENABLED=0 GOFLAGS=-mod=readonly
 # Dependencies first, so source edits do not invalidate the module cache layer.
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
+
+FROM source AS build
 ARG VERSION=dev
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
@@ -16,7 +19,21 @@ RUN --mount=type=cache,target=/go/pkg/mod \
       -ldflags "-s -w -X github.com/outboxrelay/outboxrelay/internal/cli.Version=${VERSION}" \
       -o /relay ./cmd/relay
 
-FROM gcr.io/distroless/static-debian12:nonroot
+# The inbox example (examples/orders-consumer); a separate stage, so building
+# the relay image does not compile it.
+FROM source AS build-orders-consumer
+RUN --mount=type=cache,target=/go/pkg/mod \
+    --mount=type=cache,target=/root/.cache/go-build \
+    go build -trimpath -ldflags "-s -w" -o /orders-consumer ./examples/orders-consumer
+
+FROM gcr.io/distroless/static-debian12:nonroot AS orders-consumer
+COPY --from=build-orders-consumer /orders-consumer /usr/local/bin/orders-consumer
+USER nonroot:nonroot
+# Configured by ORDERS_DATABASE_URL and ORDERS_AMQP_URL (see -help).
+ENTRYPOINT ["orders-consumer"]
+
+# The relay stays the last stage: a build without --target builds it.
+FROM gcr.io/distroless/static-debian12:nonroot AS relay
 COPY --from=build /relay /usr/local/bin/relay
 USER nonroot:nonroot
 # /metrics, /healthz, /readyz (set RELAY_HTTP_ADDR=:9600 inside a container)

@@ -15,12 +15,13 @@ up: ## start PostgreSQL and RabbitMQ (Docker Compose, or local Debian packages) 
 	@scripts/services.sh up
 
 .PHONY: down
-down: ## stop the services (and the demo relay)
+down: ## stop the services (and the demo relay and demo consumer)
 	@scripts/services.sh down
 
 .PHONY: build
-build: ## build bin/relay
+build: ## build bin/relay and bin/orders-consumer (the inbox example)
 	$(GO) build -trimpath -o bin/relay ./cmd/relay
+	$(GO) build -trimpath -o bin/orders-consumer ./examples/orders-consumer
 
 .PHONY: lint
 lint: ## go vet and gofmt
@@ -41,7 +42,7 @@ fault: ## the fault suite alone: kills, broker and database restarts, cuts, clus
 	. $(ENV_FILE) && $(GO) test -tags fault -race -count=1 -v -timeout 25m ./test/fault 2>&1 | grep --line-buffered -vE '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
 
 .PHONY: demo
-demo: build ## bring everything up, run the relay, insert rows with plain SQL and show them arrive
+demo: build ## bring everything up, run the relay and the orders consumer, insert rows with plain SQL, show them arrive and apply exactly once
 	@scripts/demo.sh
 
 .PHONY: bench

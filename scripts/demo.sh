@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end demo: start the services, run the relay, insert three outbox rows
-# with plain SQL and watch them arrive in a RabbitMQ quorum queue.
+# with plain SQL and watch them arrive in a RabbitMQ quorum queue. Then the
+# consuming side: run the inbox example (bin/orders-consumer), insert three
+# orders, watch them applied to orders_applied, publish one of them again and
+# show that the copy is acked as a duplicate and applies nothing.
 #
-# Expects bin/relay (make build). Run via `make demo` or scripts/demo.sh.
+# Expects bin/relay and bin/orders-consumer (make build). Run via `make demo`
+# or scripts/demo.sh. Re-runnable: each run stops the previous demo relay and
+# consumer and empties the demo's table orders_applied.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -12,6 +17,13 @@ STATE="$ROOT/.services"
 RELAY_BIN="${RELAY_BIN:-$ROOT/bin/relay}"
 RELAY_LOG="$STATE/demo-relay.log"
 RELAY_PID_FILE="$STATE/demo-relay.pid"
+CONSUMER_BIN="${CONSUMER_BIN:-$ROOT/bin/orders-consumer}"
+CONSUMER_LOG="$STATE/demo-consumer.log"
+CONSUMER_PID_FILE="$STATE/demo-consumer.pid"
+# The example's defaults (examples/orders-consumer/main.go).
+ORDERS_EXCHANGE=orders
+ORDERS_QUEUE=orders-applier
+ORDERS_KEY=order.created
 HTTP_ADDR=127.0.0.1:9600
 QUEUE=demo.orders
 MGMT_USER=outbox
@@ -47,12 +59,14 @@ mgmt() {
 	rm -f "$out"
 }
 
-stop_demo_relay() {
-	[ -f "$RELAY_PID_FILE" ] || return 0
-	local pid i
-	pid="$(cat "$RELAY_PID_FILE" 2>/dev/null || true)"
-	if [ -n "$pid" ] && alive "$pid" && grep -qa relay "/proc/$pid/cmdline" 2>/dev/null; then
-		echo "stopping the previous demo relay (pid $pid)"
+# stop_demo PID_FILE NAME: stop what an earlier run started, if the pid still
+# belongs to a process whose command line mentions NAME.
+stop_demo() {
+	local pid_file="$1" name="$2" pid i
+	[ -f "$pid_file" ] || return 0
+	pid="$(cat "$pid_file" 2>/dev/null || true)"
+	if [ -n "$pid" ] && alive "$pid" && grep -qa "$name" "/proc/$pid/cmdline" 2>/dev/null; then
+		echo "stopping the previous demo $name (pid $pid)"
 		kill -TERM "$pid" 2>/dev/null || true
 		for ((i = 0; i < 150; i++)); do
 			alive "$pid" || break
@@ -60,10 +74,55 @@ stop_demo_relay() {
 		done
 		if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
 	fi
-	rm -f "$RELAY_PID_FILE"
+	rm -f "$pid_file"
+}
+
+# sql QUERY: run one statement against the demo database, print the result
+# unaligned and without headers.
+sql() { psql -X -q -A -t -v ON_ERROR_STOP=1 -c "$1" "$RELAY_TEST_DATABASE_URL"; }
+
+# psql_shown: print the SQL script on stdin, indented, then run it with psql.
+psql_shown() {
+	local script
+	script="$(cat)"
+	printf '%s\n\n' "$script" | sed 's/^/    /'
+	printf '%s\n' "$script" | psql -X -v ON_ERROR_STOP=1 "$RELAY_TEST_DATABASE_URL"
+}
+
+# consumer_log: what the consumer wrote since this run started it.
+consumer_log() { tail -c +"$((consumer_log_start + 1))" "$CONSUMER_LOG"; }
+
+consumer_failed() {
+	echo "consumer log tail:" >&2
+	consumer_log | tail -n 30 >&2
+	die "$*; see $CONSUMER_LOG"
+}
+
+# wait_consumer_log REGEX WHAT: wait up to 30s for a line of this run's
+# consumer log that matches REGEX and print it; fail if the consumer exits.
+wait_consumer_log() {
+	local re="$1" what="$2" i line
+	printf 'waiting for %s ' "$what"
+	for ((i = 0; i < 60; i++)); do
+		line="$(consumer_log | grep -E -m 1 -- "$re" || true)"
+		if [ -n "$line" ]; then
+			printf '\n    %s\n' "$line"
+			return 0
+		fi
+		if ! alive "$consumer_pid"; then
+			echo
+			rm -f "$CONSUMER_PID_FILE"
+			consumer_failed "the consumer exited"
+		fi
+		printf '.'
+		sleep 0.5
+	done
+	echo
+	consumer_failed "timed out after 30s waiting for $what"
 }
 
 [ -x "$RELAY_BIN" ] || die "$RELAY_BIN not found: run 'make build' first"
+[ -x "$CONSUMER_BIN" ] || die "$CONSUMER_BIN not found: run 'make build' first"
 command -v jq >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 ||
 	die "need jq or python3 to read the management API's JSON"
 
@@ -88,7 +147,7 @@ mgmt PUT "/api/queues/%2F/$QUEUE" '{"durable":true,"arguments":{"x-queue-type":"
 mgmt DELETE "/api/queues/%2F/$QUEUE/contents" >/dev/null || true
 
 step "Starting the relay in the background (log: $RELAY_LOG)"
-stop_demo_relay
+stop_demo "$RELAY_PID_FILE" relay
 if curl -fs -o /dev/null --max-time 2 "http://$HTTP_ADDR/readyz" 2>/dev/null ||
 	(exec 3<>"/dev/tcp/${HTTP_ADDR%:*}/${HTTP_ADDR##*:}") 2>/dev/null; then
 	die "something else is already listening on $HTTP_ADDR (another relay?); stop it first"
@@ -124,8 +183,7 @@ fi
 echo "relay is ready"
 
 step "Inserting 3 outbox rows in ONE transaction (plain SQL via psql)"
-SQL="$(
-	cat <<'EOF'
+psql_shown <<'EOF'
 BEGIN;
 INSERT INTO outbox (exchange, routing_key, payload) VALUES
   ('', 'demo.orders', convert_to('{"order":1,"note":"café \\ backslash"}', 'UTF8')),
@@ -134,9 +192,6 @@ INSERT INTO outbox (exchange, routing_key, payload) VALUES
 RETURNING id, message_id, convert_from(payload, 'UTF8') AS payload;
 COMMIT;
 EOF
-)"
-printf '%s\n\n' "$SQL" | sed 's/^/    /'
-printf '%s\n' "$SQL" | psql -X -v ON_ERROR_STOP=1 "$RELAY_TEST_DATABASE_URL"
 
 step "Reading the messages from '$QUEUE' (management API, POST /api/queues/%2F/$QUEUE/get)"
 GET_BODY='{"count":10,"ackmode":"ack_requeue_false","encoding":"auto"}'
@@ -171,11 +226,92 @@ if [ "$got" -lt 3 ]; then
 fi
 echo "all 3 messages arrived"
 
+# ------------------------------------------------------------------------
+# Part 2: the consuming side, through the inbox.
+
+step "Starting the orders consumer (bin/orders-consumer) in the background (log: $CONSUMER_LOG)"
+stop_demo "$CONSUMER_PID_FILE" orders-consumer
+# Orders an earlier run left unconsumed would be applied on top of this run's.
+if mgmt GET "/api/queues/%2F/$ORDERS_QUEUE" >/dev/null 2>&1; then
+	mgmt DELETE "/api/queues/%2F/$ORDERS_QUEUE/contents" >/dev/null || die "could not purge $ORDERS_QUEUE"
+fi
+consumer_log_start="$(stat -c %s "$CONSUMER_LOG" 2>/dev/null || echo 0)"
+printf '\n---- demo consumer started %s\n' "$(date -u +%FT%TZ)" >>"$CONSUMER_LOG"
+# Debug level: the inbox logs each duplicate it acks at debug.
+ORDERS_DATABASE_URL="$RELAY_TEST_DATABASE_URL" ORDERS_AMQP_URL="$RELAY_TEST_AMQP_URL" ORDERS_LOG_LEVEL=debug \
+	setsid nohup "$CONSUMER_BIN" </dev/null >>"$CONSUMER_LOG" 2>&1 &
+consumer_pid=$!
+echo "$consumer_pid" >"$CONSUMER_PID_FILE"
+echo "consumer pid $consumer_pid"
+# The exchange must exist and the queue be bound before the orders are
+# published: the relay publishes with mandatory set, so an unroutable order
+# would be retried and finally parked as dead.
+wait_consumer_log 'msg="topology declared"' "exchange '$ORDERS_EXCHANGE', quorum queue '$ORDERS_QUEUE', binding '$ORDERS_KEY'"
+wait_consumer_log 'msg=consuming' "the consumer to subscribe"
+
+step "Emptying the demo table orders_applied, so that orders 1001-1003 apply again on every run"
+echo "TRUNCATE orders_applied"
+sql 'TRUNCATE orders_applied' >/dev/null
+
+step "Inserting 3 orders into the outbox in ONE transaction (plain SQL via psql)"
+psql_shown <<'EOF'
+BEGIN;
+INSERT INTO outbox (exchange, routing_key, payload) VALUES
+  ('orders', 'order.created', convert_to('{"order_id":1001,"total_cents":1999}', 'UTF8')),
+  ('orders', 'order.created', convert_to('{"order_id":1002,"total_cents":4550}', 'UTF8')),
+  ('orders', 'order.created', convert_to('{"order_id":1003,"total_cents":12000}', 'UTF8'))
+RETURNING id, message_id, convert_from(payload, 'UTF8') AS payload;
+COMMIT;
+EOF
+
+step "Waiting for the consumer to apply them to orders_applied"
+applied=0
+for ((i = 0; i < 60; i++)); do
+	applied="$(sql 'SELECT count(*) FROM orders_applied')"
+	[ "$applied" -ge 3 ] && break
+	if ! alive "$consumer_pid"; then
+		rm -f "$CONSUMER_PID_FILE"
+		consumer_failed "the consumer exited"
+	fi
+	sleep 0.5
+done
+consumer_log | grep -F 'msg="order applied"' | sed 's/^/    /' || true
+if [ "$applied" -lt 3 ]; then
+	echo "relay log tail:" >&2
+	tail -n 20 "$RELAY_LOG" >&2
+	consumer_failed "only $applied of 3 orders applied within 30s"
+fi
+echo "all 3 orders applied"
+
+# Order 1001 was applied under the first outbox row's message_id: the relay
+# sends a row's message_id as the AMQP message-id.
+first_id="$(sql "SELECT a.message_id FROM orders_applied a JOIN outbox o ON o.message_id::text = a.message_id WHERE a.order_id = 1001")"
+[[ "$first_id" =~ ^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$ ]] ||
+	die "no outbox message_id found for order 1001 (got '$first_id')"
+
+step "Publishing order 1001 again with the same message_id (management API, POST /api/exchanges/%2F/$ORDERS_EXCHANGE/publish)"
+# A redelivery or a relay republishing after a crash looks exactly like this.
+PUBLISH_BODY="$(printf '{"routing_key":"%s","payload":"%s","payload_encoding":"string","properties":{"message_id":"%s","content_type":"application/json","delivery_mode":2}}' \
+	"$ORDERS_KEY" '{\"order_id\":1001,\"total_cents\":1999}' "$first_id")"
+echo "POST $MGMT/api/exchanges/%2F/$ORDERS_EXCHANGE/publish $PUBLISH_BODY"
+routed="$(mgmt POST "/api/exchanges/%2F/$ORDERS_EXCHANGE/publish" "$PUBLISH_BODY")" || die "management publish failed"
+echo "-> $routed"
+[[ "$routed" == *'"routed":true'* ]] || die "the copy was not routed to $ORDERS_QUEUE"
+wait_consumer_log "msg=\"duplicate message acked\" .*message_id=$first_id( |\$)" "the inbox to recognise the copy as a duplicate"
+
+applied="$(sql 'SELECT count(*) FROM orders_applied')"
+[ "$applied" = 3 ] || die "orders_applied has $applied rows, want 3"
+echo "orders_applied still has exactly 3 rows: the copy was acked without calling the handler"
+psql -X -v ON_ERROR_STOP=1 "$RELAY_TEST_DATABASE_URL" \
+	-c 'SELECT order_id, total_cents, message_id, applied_at FROM orders_applied ORDER BY order_id'
+
 step "Done"
 cat <<EOF
   metrics:        http://$HTTP_ADDR/metrics   (health: /healthz, /readyz)
   management UI:  $MGMT/   (user $MGMT_USER / password $MGMT_PASS)
   relay log:      $RELAY_LOG   (pid $relay_pid, in $RELAY_PID_FILE)
-  the relay keeps running; insert more rows with psql "\$RELAY_TEST_DATABASE_URL" (see .services/env)
-  stop everything (relay, PostgreSQL, RabbitMQ): make down
+  consumer log:   $CONSUMER_LOG   (pid $consumer_pid, in $CONSUMER_PID_FILE)
+  the relay and the consumer keep running; insert more rows with psql "\$RELAY_TEST_DATABASE_URL" (see .services/env),
+    orders go to exchange '$ORDERS_EXCHANGE' with routing key '$ORDERS_KEY' and a payload like {"order_id":1004,"total_cents":500}
+  stop everything (relay, consumer, PostgreSQL, RabbitMQ): make down
 EOF

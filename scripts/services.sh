@@ -8,8 +8,8 @@
 #   up            start both services (idempotent, safe to run concurrently) and
 #                 print the RELAY_TEST_* variables on stdout
 #   env           print the RELAY_TEST_* variables only (starts nothing)
-#   down          stop both services, the demo relay and the cluster, if any;
-#                 data is kept
+#   down          stop both services, the demo relay and consumer and the
+#                 cluster, if any; data is kept
 #   status        say what is running
 #   rabbit-stop   stop only the RabbitMQ node (fault tests)
 #   rabbit-start  start only the RabbitMQ node and wait until it is ready
@@ -49,6 +49,7 @@ ENV_FILE="$STATE/env"
 LOCK_FILE="$STATE/lock"
 MODE_FILE="$STATE/mode"
 DEMO_PID_FILE="$STATE/demo-relay.pid"
+DEMO_CONSUMER_PID_FILE="$STATE/demo-consumer.pid"
 
 PG_PORT=55432
 AMQP_PORT=56720
@@ -1003,23 +1004,30 @@ stop_orphans() {
 	fi
 }
 
-# ---------------------------------------------------------------- demo relay
+# ---------------------------------------------------------------- demo processes
 
-stop_demo_relay() {
-	[ -f "$DEMO_PID_FILE" ] || return 0
-	local pid
-	pid="$(cat "$DEMO_PID_FILE" 2>/dev/null || true)"
-	if [ -n "$pid" ] && alive "$pid" && grep -qa relay "/proc/$pid/cmdline" 2>/dev/null; then
-		log "stopping demo relay (pid $pid)"
+# stop_demo_process PID_FILE NAME: stop what scripts/demo.sh started, if its
+# pid still belongs to a process whose command line mentions NAME.
+stop_demo_process() {
+	local pid_file="$1" name="$2" pid i
+	[ -f "$pid_file" ] || return 0
+	pid="$(cat "$pid_file" 2>/dev/null || true)"
+	if [ -n "$pid" ] && alive "$pid" && grep -qa "$name" "/proc/$pid/cmdline" 2>/dev/null; then
+		log "stopping demo $name (pid $pid)"
 		kill -TERM "$pid" 2>/dev/null || true
-		local i
 		for ((i = 0; i < 100; i++)); do
 			alive "$pid" || break
 			sleep 0.1
 		done
 		alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
 	fi
-	rm -f "$DEMO_PID_FILE"
+	rm -f "$pid_file"
+}
+
+# The consumer first: it is downstream of the relay.
+stop_demo_processes() {
+	stop_demo_process "$DEMO_CONSUMER_PID_FILE" orders-consumer
+	stop_demo_process "$DEMO_PID_FILE" relay
 }
 
 # ---------------------------------------------------------------- commands
@@ -1049,7 +1057,7 @@ cmd_up() {
 
 cmd_down() {
 	take_lock
-	stop_demo_relay
+	stop_demo_processes
 	RMQ_BIN="$(find_rmq_bin)"
 	if [ -n "$RMQ_BIN" ]; then
 		resolve_cluster_dirs
@@ -1106,6 +1114,8 @@ cmd_status() {
 	local pid
 	pid="$(cat "$DEMO_PID_FILE" 2>/dev/null || true)"
 	if [ -n "$pid" ] && alive "$pid"; then echo "demo relay: running (pid $pid)"; else echo "demo relay: not running"; fi
+	pid="$(cat "$DEMO_CONSUMER_PID_FILE" 2>/dev/null || true)"
+	if [ -n "$pid" ] && alive "$pid"; then echo "demo consumer: running (pid $pid)"; else echo "demo consumer: not running"; fi
 	if [ -e "$STATE/pg" ]; then echo "state: $STATE (data in $(readlink -f "$STATE/pg" | xargs dirname))"; fi
 }
 

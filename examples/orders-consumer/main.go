@@ -46,8 +46,9 @@ type order struct {
 }
 
 func main() {
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(log); err != nil {
+	var level slog.LevelVar // set from -log-level in run
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &level}))
+	if err := run(log, &level); err != nil {
 		log.Error("orders-consumer failed", "err", err)
 		os.Exit(1)
 	}
@@ -62,7 +63,7 @@ func envFlag(name, env, def, help string) *string {
 	return flag.String(name, def, help+" (env "+env+")")
 }
 
-func run(log *slog.Logger) error {
+func run(log *slog.Logger, level *slog.LevelVar) error {
 	var (
 		dbURL    = envFlag("database-url", "ORDERS_DATABASE_URL", os.Getenv("RELAY_DATABASE_URL"), "PostgreSQL URL; RELAY_DATABASE_URL is used if unset")
 		amqpURL  = envFlag("amqp-url", "ORDERS_AMQP_URL", os.Getenv("RELAY_AMQP_URL"), "RabbitMQ URL(s), comma-separated; RELAY_AMQP_URL is used if unset")
@@ -70,8 +71,12 @@ func run(log *slog.Logger) error {
 		queue    = envFlag("queue", "ORDERS_QUEUE", "orders-applier", "queue to consume")
 		binding  = envFlag("binding", "ORDERS_BINDING", "order.created", "binding keys, comma-separated")
 		name     = envFlag("name", "ORDERS_CONSUMER", "orders-applier", "consumer name in the inbox table")
+		logLevel = envFlag("log-level", "ORDERS_LOG_LEVEL", "info", "debug, info, warn or error; debug also logs each duplicate the inbox acks unhandled")
 	)
 	flag.Parse()
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
 	if *dbURL == "" || *amqpURL == "" {
 		return errors.New("-database-url and -amqp-url are required")
 	}
