@@ -52,8 +52,9 @@ LIMIT $1
 FOR UPDATE OF o SKIP LOCKED`
 
 // markPublished and markFailed run together in one pgx.Batch: one round
-// trip per batch, whatever its size.
-const markPublished = `UPDATE outbox SET published_at = now() WHERE id = ANY($1)`
+// trip per batch, whatever its size. published_at is the time of the mark,
+// after the confirms (not now(), the claim's start).
+const markPublished = `UPDATE outbox SET published_at = statement_timestamp() WHERE id = ANY($1)`
 
 const markFailed = `
 UPDATE outbox o SET

@@ -21,8 +21,9 @@ var (
 	buildErr  error
 )
 
-// RelayBinary builds the relay (with the race detector) once per test
-// process and returns its path.
+// RelayBinary builds the relay once per test process and returns its
+// path. It has the race detector when the test binary has it (tests), and
+// not otherwise (benchmarks).
 func RelayBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -32,7 +33,11 @@ func RelayBinary(t testing.TB) string {
 			return
 		}
 		builtBin = filepath.Join(dir, "relay")
-		cmd := exec.Command("go", "build", "-race", "-o", builtBin, "./cmd/relay")
+		args := []string{"build", "-o", builtBin}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, "./cmd/relay")...)
 		cmd.Dir = Root()
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -135,6 +140,13 @@ func (p *RelayProc) Stop() error {
 		return fmt.Errorf("exit after SIGTERM: %v", p.exitErr)
 	}
 	return nil
+}
+
+// Pid is the process id of the current process (after Start).
+func (p *RelayProc) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd.Process.Pid
 }
 
 // URL is the base URL of the process's HTTP endpoints.

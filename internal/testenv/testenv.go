@@ -308,3 +308,76 @@ func ExampleDatabase(ctx context.Context) (pool *pgxpool.Pool, done func()) {
 		_ = admin.Close(ctx)
 	}
 }
+
+// ConsumeDistinct consumes queue (auto-ack) until n distinct message ids
+// have arrived and returns them in order of first arrival; later copies
+// (duplicates) are skipped.
+func ConsumeDistinct(t testing.TB, ch *amqp.Channel, queue string, n int, deadline time.Duration) []string {
+	t.Helper()
+	if err := ch.Qos(2000, 0, false); err != nil {
+		t.Fatalf("qos: %v", err)
+	}
+	tag := Name("c")
+	deliveries, err := ch.Consume(queue, tag, true, false, false, false, nil)
+	if err != nil {
+		t.Fatalf("consume: %v", err)
+	}
+	defer func() { _ = ch.Cancel(tag, false) }()
+	seen := make(map[string]bool, n)
+	order := make([]string, 0, n)
+	timer := time.NewTimer(deadline)
+	defer timer.Stop()
+	for len(order) < n {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				t.Fatalf("consumer closed after %d of %d messages", len(order), n)
+			}
+			if !seen[d.MessageId] {
+				seen[d.MessageId] = true
+				order = append(order, d.MessageId)
+			}
+		case <-timer.C:
+			t.Fatalf("%d of %d distinct messages arrived within %s", len(order), n, deadline)
+		}
+	}
+	return order
+}
+
+// OrderViolations judges arrivals (message ids in order of first arrival)
+// against the outbox: for each ordering key, a message whose row id is
+// lower than one already seen for its key is a violation. It also returns
+// how many keys it judged.
+func OrderViolations(t testing.TB, pool *pgxpool.Pool, arrivals []string) (violations, keys int) {
+	t.Helper()
+	type row struct {
+		id  int64
+		key string
+	}
+	rows, err := pool.Query(context.Background(),
+		`SELECT message_id::text, id, ordering_key FROM outbox WHERE ordering_key IS NOT NULL`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byMsg := map[string]row{}
+	var m string
+	var r row
+	if _, err := pgx.ForEachRow(rows, []any{&m, &r.id, &r.key}, func() error {
+		byMsg[m] = r
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	last := map[string]int64{}
+	for _, m := range arrivals {
+		r, ok := byMsg[m]
+		if !ok {
+			continue
+		}
+		if r.id < last[r.key] {
+			violations++
+		}
+		last[r.key] = max(last[r.key], r.id)
+	}
+	return violations, len(last)
+}

@@ -1,105 +1,99 @@
-// Package bench measures the relay against the raw broker limit, in one run
-// on the same services: a plain amqp091-go publisher with pipelined
-// confirms sets the limit, and the relay's throughput is read as a ratio
-// to it. Run with `make bench` (BENCH_N rows, default 50,000).
+// Package bench measures the relay on the real services, in one run, against
+// the raw broker limit: a plain amqp091-go publisher with pipelined
+// confirms sets the limit, and the relay's throughput is read as a ratio to
+// it. `make bench` runs the short suite; `make bench-long` adds the soak.
+//
+// Settings (environment): BENCH_N rows per drain (default 100,000),
+// BENCH_WORKERS and BENCH_BATCH (override the relay's workers and
+// batch_size), BENCH_SOAK (soak duration, for example 20m; the soak is
+// skipped without it), BENCH_SOAK_RATE (msg/s, default 2,000).
+//
+// Drains, the ordering run and the soak drive `relay run` processes (built
+// without the race detector), so their CPU and memory can be read from
+// /proc; the latency runs embed the relay to time each row from its
+// writer's commit to the relay's commit.
 package bench
 
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
+	"net/http"
 	"os"
-	"slices"
+	"path/filepath"
 	"strconv"
-	"sync"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 	"github.com/outboxrelay/outboxrelay/outbox"
-	"github.com/outboxrelay/outboxrelay/relay"
 )
 
 // payload is a typical small event.
 var payload = []byte(`{"order_id":123456,"customer_id":987654,"total_cents":1999,"currency":"EUR","status":"created"}`)
 
-func rows() int {
-	if n, err := strconv.Atoi(os.Getenv("BENCH_N")); err == nil && n > 0 {
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
 		return n
 	}
-	return 50_000
+	return def
 }
 
-func BenchmarkDrain(b *testing.B) {
-	for _, kind := range []string{"quorum", "classic"} {
-		b.Run(kind, func(b *testing.B) {
-			for range b.N {
-				drain(b, kind == "quorum")
-			}
-		})
+func rows() int { return envInt("BENCH_N", 100_000) }
+
+// relayEnv is the environment of a benchmarked relay process.
+func relayEnv(dsn, amqpURL string, extra ...string) []string {
+	env := []string{"RELAY_DATABASE_URL=" + dsn, "RELAY_AMQP_URL=" + amqpURL, "RELAY_LOG_LEVEL=warn"}
+	if n := envInt("BENCH_WORKERS", 0); n > 0 {
+		env = append(env, "RELAY_WORKERS="+strconv.Itoa(n))
 	}
+	if n := envInt("BENCH_BATCH", 0); n > 0 {
+		env = append(env, "RELAY_BATCH_SIZE="+strconv.Itoa(n))
+	}
+	return append(env, extra...)
 }
 
-func drain(b *testing.B, quorum bool) {
-	env := testenv.Services(b)
-	n := rows()
-	dsn := testenv.NewSchema(b, true)
-	pool := testenv.Pool(b, dsn)
-	_, ch := testenv.AMQP(b, env.AMQPURL)
-	queue := testenv.Queue(b, ch, quorum)
+// startRelays starts n relay processes and waits until each is ready.
+func startRelays(b *testing.B, n int, env []string) []*testenv.RelayProc {
+	procs := make([]*testenv.RelayProc, n)
+	for i := range procs {
+		procs[i] = testenv.StartRelayProc(b, env...)
+	}
+	for _, p := range procs {
+		waitReady(b, p)
+	}
+	return procs
+}
 
-	raw := rawLimit(b, env.AMQPURL, queue, n)
-	purge(b, ch, queue)
-
-	fill(b, pool, queue, n)
-	var (
-		mu        sync.Mutex
-		published int
-		done      = make(chan struct{})
-	)
-	start := time.Now()
-	stop := runRelay(b, pool, env.AMQPURL, func(r relay.BatchResult) {
-		mu.Lock()
-		defer mu.Unlock()
-		published += len(r.Published)
-		if published == n {
-			close(done)
+func waitReady(b *testing.B, p *testenv.RelayProc) {
+	testenv.Eventually(b, time.Minute, "relay ready", func() (bool, error) {
+		resp, err := http.Get(p.URL() + "/readyz")
+		if err != nil {
+			return false, nil
 		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
 	})
-	select {
-	case <-done:
-	case <-time.After(10 * time.Minute):
-		b.Fatalf("drain did not finish: %d of %d published", published, n)
-	}
-	elapsed := time.Since(start)
-	stop()
-	rate := float64(n) / elapsed.Seconds()
-	purge(b, ch, queue)
+}
 
-	p50, p99 := steadyLatency(b, pool, env.AMQPURL, queue, 1000, 5*time.Second)
-	purge(b, ch, queue)
-
-	b.ReportMetric(rate, "msg/s")
-	b.ReportMetric(raw, "raw_msg/s")
-	b.ReportMetric(rate/raw, "ratio")
-	b.ReportMetric(p50, "p50_ms")
-	b.ReportMetric(p99, "p99_ms")
-	b.ReportMetric(0, "ns/op")
-	kind := "classic"
-	if quorum {
-		kind = "quorum"
+// metricSum adds up an unlabelled metric over relay processes.
+func metricSum(procs []*testenv.RelayProc, name string) float64 {
+	var sum float64
+	for _, p := range procs {
+		v, _ := strconv.ParseFloat(p.Metric(name), 64)
+		sum += v
 	}
-	fmt.Printf("\n%-8s drain of %d rows: relay %.0f msg/s, raw broker limit %.0f msg/s, ratio %.2f; "+
-		"commit-to-confirm at 1,000 msg/s: p50 %.1f ms, p99 %.1f ms\n", kind, n, rate, raw, rate/raw, p50, p99)
+	return sum
 }
 
 // rawLimit publishes n persistent messages to queue with a plain amqp091-go
-// publisher, confirms pipelined (up to 1,000 in flight), and returns msg/s.
-func rawLimit(b *testing.B, amqpURL, queue string, n int) float64 {
+// publisher, confirms pipelined (up to 1,000 in flight), and returns msg/s
+// and the CPU seconds the broker spent.
+func rawLimit(b *testing.B, amqpURL, queue string, n int) (rate, brokerCPU float64) {
 	conn, err := amqp.Dial(amqpURL)
 	if err != nil {
 		b.Fatal(err)
@@ -114,6 +108,7 @@ func rawLimit(b *testing.B, amqpURL, queue string, n int) float64 {
 	}
 	const window = 1000
 	inflight := make([]*amqp.DeferredConfirmation, 0, n)
+	cpu0 := cpuOf("beam.smp")
 	start := time.Now()
 	next := 0
 	for i := range n {
@@ -137,7 +132,8 @@ func rawLimit(b *testing.B, amqpURL, queue string, n int) float64 {
 			b.Fatal("raw publisher: nack")
 		}
 	}
-	return float64(n) / time.Since(start).Seconds()
+	rate = float64(n) / time.Since(start).Seconds()
+	return rate, cpuOf("beam.smp") - cpu0
 }
 
 func purge(b *testing.B, ch *amqp.Channel, queue string) {
@@ -146,7 +142,9 @@ func purge(b *testing.B, ch *amqp.Channel, queue string) {
 	}
 }
 
-func fill(b *testing.B, pool *pgxpool.Pool, queue string, n int) {
+// fill enqueues n rows for queue, 1,000 per statement, through db (a pool,
+// or an open transaction to make them visible at once on commit).
+func fill(b *testing.B, db outbox.Execer, queue string, n int) {
 	ctx := context.Background()
 	msgs := make([]outbox.Message, 0, 1000)
 	for left := n; left > 0; left -= len(msgs) {
@@ -154,103 +152,94 @@ func fill(b *testing.B, pool *pgxpool.Pool, queue string, n int) {
 		for range min(1000, left) {
 			msgs = append(msgs, outbox.Message{RoutingKey: queue, Payload: payload})
 		}
-		if _, err := outbox.Enqueue(ctx, pool, msgs...); err != nil {
+		if _, err := outbox.Enqueue(ctx, db, msgs...); err != nil {
 			b.Fatal(err)
 		}
 	}
 }
 
-// envInt reads an optional integer setting (BENCH_WORKERS, BENCH_BATCH);
-// zero means the relay's default.
-func envInt(name string) int {
-	n, _ := strconv.Atoi(os.Getenv(name))
-	return n
+// dbNow reads the database clock, the one published_at is written with.
+func dbNow(b *testing.B, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) time.Time {
+	var t time.Time
+	if err := db.QueryRow(context.Background(), `SELECT clock_timestamp()`).Scan(&t); err != nil {
+		b.Fatal(err)
+	}
+	return t
 }
 
-func runRelay(b *testing.B, pool *pgxpool.Pool, amqpURL string, onBatch func(relay.BatchResult)) (stop func()) {
-	r, err := relay.New(pool, relay.Config{
-		AMQPURLs:  []string{amqpURL},
-		Workers:   envInt("BENCH_WORKERS"),
-		BatchSize: envInt("BENCH_BATCH"),
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OnBatch:   onBatch,
-	})
+// tableSize is pg_total_relation_size(outbox) and its dead tuples.
+func tableSize(b *testing.B, pool *pgxpool.Pool) (bytes, deadTuples int64) {
+	err := pool.QueryRow(context.Background(), `
+SELECT pg_total_relation_size('outbox'::regclass),
+       coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass), 0)`).Scan(&bytes, &deadTuples)
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ended := make(chan struct{})
-	go func() {
-		defer close(ended)
-		_ = r.Run(ctx)
-	}()
-	return func() {
-		cancel()
-		<-ended
-	}
+	return bytes, deadTuples
 }
 
-// steadyLatency writes rate msg/s (transactions of 10 rows every 10 ms)
-// for d while a relay runs, and returns the p50 and p99 time in ms from a
-// writer's commit to the relay's commit of the confirmed row.
-func steadyLatency(b *testing.B, pool *pgxpool.Pool, amqpURL, queue string, rate int, d time.Duration) (p50, p99 float64) {
-	ctx := context.Background()
-	var (
-		mu        sync.Mutex
-		committed = map[string]time.Time{}
-		lat       []float64
-		total     = rate * int(d/time.Second)
-		done      = make(chan struct{})
-	)
-	stop := runRelay(b, pool, amqpURL, func(r relay.BatchResult) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, id := range r.Published {
-			if c, ok := committed[id]; ok {
-				lat = append(lat, float64(r.CommittedAt.Sub(c).Microseconds())/1000)
-			}
-		}
-		if len(lat) == total {
-			close(done)
-		}
-	})
-	defer stop()
-	const perTx = 10
-	tick := time.NewTicker(time.Second * perTx / time.Duration(rate))
-	defer tick.Stop()
-	msgs := make([]outbox.Message, perTx)
-	for i := range msgs {
-		msgs[i] = outbox.Message{RoutingKey: queue, Payload: payload}
+// clockTicks is the kernel's USER_HZ, the unit of /proc/<pid>/stat times
+// (100 on every Linux platform Go supports).
+const clockTicks = 100
+
+// procCPU is the user+system CPU seconds of one process.
+func procCPU(pid int) float64 {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0
 	}
-	for sent := 0; sent < total; sent += perTx {
-		<-tick.C
-		// Register commit times under the lock so a fast relay cannot see
-		// the rows before their commit time is known.
-		mu.Lock()
-		tx, err := pool.Begin(ctx)
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: state is field 3, utime 14, stime 15.
+	s := string(data)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(fields) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(fields[11], 64)
+	st, _ := strconv.ParseFloat(fields[12], 64)
+	return (ut + st) / clockTicks
+}
+
+// cpuOf sums the CPU seconds of every process whose command is comm
+// (postgres, beam.smp). Processes that exit between two readings take
+// their time with them, so read it around phases where the set is stable.
+func cpuOf(comm string) float64 {
+	entries, _ := os.ReadDir("/proc")
+	var sum float64
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
-			b.Fatal(err)
+			continue
 		}
-		ids, err := outbox.Enqueue(ctx, tx, msgs...)
-		if err != nil {
-			b.Fatal(err)
+		c, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(c)) != comm {
+			continue
 		}
-		if err := tx.Commit(ctx); err != nil {
-			b.Fatal(err)
-		}
-		now := time.Now()
-		for _, id := range ids {
-			committed[id] = now
-		}
-		mu.Unlock()
+		sum += procCPU(pid)
 	}
-	select {
-	case <-done:
-	case <-time.After(time.Minute):
-		b.Fatal("steady phase did not finish")
+	return sum
+}
+
+// rssMiB is a process's resident set size.
+func rssMiB(pid int) float64 {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	slices.Sort(lat)
-	return lat[len(lat)/2], lat[len(lat)*99/100]
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func queueKinds() []string { return []string{"quorum", "classic"} }
+
+// report prints one result line, so `make bench` output reads as a table.
+func report(format string, args ...any) {
+	fmt.Printf(format+"\n", args...)
 }

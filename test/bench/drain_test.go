@@ -1,0 +1,170 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxrelay/outboxrelay/internal/testenv"
+)
+
+// drainResult is what one drain measured.
+type drainResult struct {
+	rate                   float64 // msg/s, from the fill's commit to the last published_at
+	relayCPU, pgCPU, mqCPU float64 // CPU seconds per 10,000 messages
+	roundTrips             float64 // database round trips per message
+	tableBytes, deadTuples int64   // after the drain
+	elapsed                time.Duration
+}
+
+// drain fills n rows in one transaction while `relays` relay processes
+// wait, commits, and times the drain from the commit to the last row's
+// published_at (both on the database clock).
+func drain(b *testing.B, pool *pgxpool.Pool, dsn, amqpURL, queue string, n, relays int) drainResult {
+	ctx := context.Background()
+	procs := startRelays(b, relays, relayEnv(dsn, amqpURL))
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	fill(b, tx, queue, n)
+
+	pids := make([]int, len(procs))
+	for i, p := range procs {
+		pids[i] = p.Pid()
+	}
+	relayCPU := func() float64 {
+		var s float64
+		for _, pid := range pids {
+			s += procCPU(pid)
+		}
+		return s
+	}
+	rt0 := metricSum(procs, "outboxrelay_relay_database_round_trips_total")
+	cpu0, pg0, mq0 := relayCPU(), cpuOf("postgres"), cpuOf("beam.smp")
+	if err := tx.Commit(ctx); err != nil {
+		b.Fatal(err)
+	}
+	start := dbNow(b, pool)
+
+	testenv.Eventually(b, 10*time.Minute, "every row published", func() (bool, error) {
+		return metricSum(procs, "outboxrelay_relay_published_total") >= float64(n), nil
+	})
+	cpu1, pg1, mq1 := relayCPU(), cpuOf("postgres"), cpuOf("beam.smp")
+	rt1 := metricSum(procs, "outboxrelay_relay_database_round_trips_total")
+
+	var last time.Time
+	if err := pool.QueryRow(ctx, `SELECT max(published_at) FROM outbox`).Scan(&last); err != nil {
+		b.Fatal(err)
+	}
+	for _, p := range procs {
+		if err := p.Stop(); err != nil {
+			b.Fatalf("relay stop: %v", err)
+		}
+	}
+	elapsed := last.Sub(start)
+	per10k := 10_000 / float64(n)
+	res := drainResult{
+		rate:     float64(n) / elapsed.Seconds(),
+		relayCPU: (cpu1 - cpu0) * per10k, pgCPU: (pg1 - pg0) * per10k, mqCPU: (mq1 - mq0) * per10k,
+		roundTrips: (rt1 - rt0) / float64(n),
+		elapsed:    elapsed,
+	}
+	res.tableBytes, res.deadTuples = tableSize(b, pool)
+	return res
+}
+
+// BenchmarkDrain drains BENCH_N rows with one and with three relays, into
+// a quorum and a classic queue, each beside the raw broker limit measured
+// just before it on the same queue.
+func BenchmarkDrain(b *testing.B) {
+	for _, kind := range queueKinds() {
+		for _, relays := range []int{1, 3} {
+			b.Run(fmt.Sprintf("%s/relays=%d", kind, relays), func(b *testing.B) {
+				for range b.N {
+					drainOnce(b, kind == "quorum", relays)
+				}
+			})
+		}
+	}
+}
+
+func drainOnce(b *testing.B, quorum bool, relays int) {
+	env := testenv.Services(b)
+	n := rows()
+	dsn := testenv.NewSchema(b, true)
+	pool := testenv.Pool(b, dsn)
+	_, ch := testenv.AMQP(b, env.AMQPURL)
+	queue := testenv.Queue(b, ch, quorum)
+
+	raw, rawMQ := rawLimit(b, env.AMQPURL, queue, n)
+	purge(b, ch, queue)
+	res := drain(b, pool, dsn, env.AMQPURL, queue, n, relays)
+	purge(b, ch, queue)
+
+	kind := map[bool]string{true: "quorum", false: "classic"}[quorum]
+	report("drain    %-7s %d relay(s): %d rows in %.2fs = %6.0f msg/s | raw broker limit %6.0f msg/s | ratio %.2f",
+		kind, relays, n, res.elapsed.Seconds(), res.rate, raw, res.rate/raw)
+	report("         CPU s per 10k msgs: relay %.2f, postgres %.2f, rabbitmq %.2f (raw publisher run: rabbitmq %.2f) | %.4f db round trips/msg",
+		res.relayCPU, res.pgCPU, res.mqCPU, rawMQ*10_000/float64(n), res.roundTrips)
+	b.ReportMetric(res.rate, "msg/s")
+	b.ReportMetric(raw, "raw_msg/s")
+	b.ReportMetric(res.rate/raw, "ratio")
+	b.ReportMetric(res.relayCPU, "relay_cpu_s/10k")
+	b.ReportMetric(res.roundTrips, "round_trips/msg")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkDrainHoldingXmin drains twice while another session holds a
+// snapshot open (as a long report or a stuck transaction would): vacuum
+// can remove nothing, so the second drain's claims run past the first
+// drain's dead tuples. The claim must stay fast: compare the two rates.
+func BenchmarkDrainHoldingXmin(b *testing.B) {
+	for range b.N {
+		env := testenv.Services(b)
+		n := rows()
+		dsn := testenv.NewSchema(b, true)
+		pool := testenv.Pool(b, dsn)
+		_, ch := testenv.AMQP(b, env.AMQPURL)
+		queue := testenv.Queue(b, ch, true)
+		ctx := context.Background()
+
+		holder, err := pool.Acquire(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		htx, err := holder.Begin(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := htx.Exec(ctx, `SET TRANSACTION ISOLATION LEVEL REPEATABLE READ`); err != nil {
+			b.Fatal(err)
+		}
+		var xmin string
+		if err := htx.QueryRow(ctx, `SELECT txid_current()::text`).Scan(&xmin); err != nil {
+			b.Fatal(err)
+		}
+
+		raw, _ := rawLimit(b, env.AMQPURL, queue, n)
+		purge(b, ch, queue)
+		first := drain(b, pool, dsn, env.AMQPURL, queue, n, 1)
+		purge(b, ch, queue)
+		second := drain(b, pool, dsn, env.AMQPURL, queue, n, 1)
+		purge(b, ch, queue)
+		_ = htx.Rollback(ctx)
+		holder.Release()
+
+		report("xmin     quorum  1 relay(s), snapshot held by txid %s: first drain %6.0f msg/s (ratio %.2f), second drain %6.0f msg/s (ratio %.2f) | raw %6.0f msg/s",
+			xmin, first.rate, first.rate/raw, second.rate, second.rate/raw, raw)
+		report("         after both: outbox %.1f MiB, %d dead tuples (vacuum held back)",
+			float64(second.tableBytes)/(1<<20), second.deadTuples)
+		b.ReportMetric(second.rate, "msg/s")
+		b.ReportMetric(second.rate/raw, "ratio")
+		b.ReportMetric(float64(second.deadTuples), "dead_tuples")
+		b.ReportMetric(0, "ns/op")
+	}
+}
