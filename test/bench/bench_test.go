@@ -92,8 +92,8 @@ func metricSum(procs []*testenv.RelayProc, name string) float64 {
 
 // rawLimit publishes n persistent messages to queue with a plain amqp091-go
 // publisher, confirms pipelined (up to 1,000 in flight), and returns msg/s
-// and the CPU seconds the broker spent.
-func rawLimit(b *testing.B, amqpURL, queue string, n int) (rate, brokerCPU float64) {
+// and the CPU seconds the broker and the publisher (this process) spent.
+func rawLimit(b *testing.B, amqpURL, queue string, n int) (rate, brokerCPU, clientCPU float64) {
 	conn, err := amqp.Dial(amqpURL)
 	if err != nil {
 		b.Fatal(err)
@@ -108,7 +108,7 @@ func rawLimit(b *testing.B, amqpURL, queue string, n int) (rate, brokerCPU float
 	}
 	const window = 1000
 	inflight := make([]*amqp.DeferredConfirmation, 0, n)
-	cpu0 := cpuOf("beam.smp")
+	cpu0, self0 := cpuOf("beam.smp"), procCPU(os.Getpid())
 	start := time.Now()
 	next := 0
 	for i := range n {
@@ -133,7 +133,7 @@ func rawLimit(b *testing.B, amqpURL, queue string, n int) (rate, brokerCPU float
 		}
 	}
 	rate = float64(n) / time.Since(start).Seconds()
-	return rate, cpuOf("beam.smp") - cpu0
+	return rate, cpuOf("beam.smp") - cpu0, procCPU(os.Getpid()) - self0
 }
 
 func purge(b *testing.B, ch *amqp.Channel, queue string) {

@@ -101,7 +101,7 @@ func drainOnce(b *testing.B, quorum bool, relays int) {
 	_, ch := testenv.AMQP(b, env.AMQPURL)
 	queue := testenv.Queue(b, ch, quorum)
 
-	raw, rawMQ := rawLimit(b, env.AMQPURL, queue, n)
+	raw, rawMQ, rawClient := rawLimit(b, env.AMQPURL, queue, n)
 	purge(b, ch, queue)
 	res := drain(b, pool, dsn, env.AMQPURL, queue, n, relays)
 	purge(b, ch, queue)
@@ -109,8 +109,9 @@ func drainOnce(b *testing.B, quorum bool, relays int) {
 	kind := map[bool]string{true: "quorum", false: "classic"}[quorum]
 	report("drain    %-7s %d relay(s): %d rows in %.2fs = %6.0f msg/s | raw broker limit %6.0f msg/s | ratio %.2f",
 		kind, relays, n, res.elapsed.Seconds(), res.rate, raw, res.rate/raw)
-	report("         CPU s per 10k msgs: relay %.2f, postgres %.2f, rabbitmq %.2f (raw publisher run: rabbitmq %.2f) | %.4f db round trips/msg",
-		res.relayCPU, res.pgCPU, res.mqCPU, rawMQ*10_000/float64(n), res.roundTrips)
+	report("         CPU s per 10k msgs: relay %.2f, postgres %.2f, rabbitmq %.2f = %.2f (raw run: publisher %.2f, rabbitmq %.2f = %.2f) | %.4f db round trips/msg",
+		res.relayCPU, res.pgCPU, res.mqCPU, res.relayCPU+res.pgCPU+res.mqCPU,
+		rawClient*10_000/float64(n), rawMQ*10_000/float64(n), (rawClient+rawMQ)*10_000/float64(n), res.roundTrips)
 	b.ReportMetric(res.rate, "msg/s")
 	b.ReportMetric(raw, "raw_msg/s")
 	b.ReportMetric(res.rate/raw, "ratio")
@@ -149,7 +150,7 @@ func BenchmarkDrainHoldingXmin(b *testing.B) {
 			b.Fatal(err)
 		}
 
-		raw, _ := rawLimit(b, env.AMQPURL, queue, n)
+		raw, _, _ := rawLimit(b, env.AMQPURL, queue, n)
 		purge(b, ch, queue)
 		first := drain(b, pool, dsn, env.AMQPURL, queue, n, 1)
 		purge(b, ch, queue)
