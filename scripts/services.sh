@@ -1156,6 +1156,21 @@ cmd_pg_restart() {
 	log "postgres restarted"
 }
 
+# pgbouncer-bin: install Debian's pgbouncer if missing and print its path
+# (tests run their own pgbouncer processes; none is started here).
+cmd_pgbouncer_bin() {
+	local bin
+	bin="$(command -v pgbouncer || true)"
+	[ -n "$bin" ] || [ ! -x /usr/sbin/pgbouncer ] || bin=/usr/sbin/pgbouncer
+	if [ -z "$bin" ]; then
+		take_lock
+		apt_install pgbouncer
+		bin="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+	fi
+	[ -x "$bin" ] || die "pgbouncer not found after install"
+	echo "$bin"
+}
+
 case "${1:-}" in
 up) cmd_up ;;
 down) cmd_down ;;
@@ -1170,6 +1185,7 @@ cluster-down) cmd_cluster_down ;;
 cluster-clean) cmd_cluster_clean ;;
 node-stop) cmd_node_stop "${2:-}" ;;
 node-start) cmd_node_start "${2:-}" ;;
+pgbouncer-bin) cmd_pgbouncer_bin ;;
 rabbitmqctl)
 	shift
 	cmd_rabbitmqctl "$@"
@@ -1177,6 +1193,7 @@ rabbitmqctl)
 *)
 	echo "usage: $0 up|down|status|env|rabbit-stop|rabbit-start|pg-restart|clean" >&2
 	echo "       $0 cluster-up|cluster-down|cluster-clean|node-stop N|node-start N|rabbitmqctl N ARGS..." >&2
+	echo "       $0 pgbouncer-bin" >&2
 	exit 2
 	;;
 esac
