@@ -59,3 +59,4 @@ bench-long: ## the short suite plus a 20-minute soak at 2,000 msg/s (BENCH_SOAK 
 fuzz: ## run each fuzz target for 30s
 	$(GO) test -run '^$$' -fuzz FuzzDecodeHeaders -fuzztime 30s ./relay
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 30s ./config
+	$(GO) test -run '^$$' -fuzz FuzzAttemptsHeader -fuzztime 30s ./inbox
