@@ -44,6 +44,7 @@ func drain(b *testing.B, pool *pgxpool.Pool, dsn, amqpURL, queue string, n, rela
 		}
 		return s
 	}
+	settle()
 	rt0 := metricSum(procs, "outboxrelay_relay_database_round_trips_total")
 	cpu0, pg0, mq0 := relayCPU(), cpuOf("postgres"), cpuOf("beam.smp")
 	if err := tx.Commit(ctx); err != nil {
