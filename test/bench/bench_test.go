@@ -4,6 +4,7 @@
 // it. `make bench` runs the short suite; `make bench-long` adds the soak.
 //
 // Settings (environment): BENCH_N rows per drain (default 100,000),
+// BENCH_REPEAT passes per drain (default 3, the median is reported),
 // BENCH_WORKERS and BENCH_BATCH (override the relay's workers and
 // batch_size), BENCH_SOAK (soak duration, for example 20m; the soak is
 // skipped without it), BENCH_SOAK_RATE (msg/s, default 2,000).
