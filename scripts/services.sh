@@ -1150,6 +1150,9 @@ cmd_pg_restart() {
 	else
 		ensure_packages
 		resolve_dirs create
+		if ! pg_local_running && pg_ready; then
+			die "the postgres on 127.0.0.1:$PG_PORT was not started from this checkout ($PG_DIR): run 'scripts/services.sh down' in the checkout that started it, then retry"
+		fi
 		pg_stop_local
 		pg_start_local
 	fi
