@@ -3,14 +3,15 @@ package inbox
 import (
 	"context"
 	"errors"
-	"github.com/outboxrelay/outboxrelay/internal/backoff"
-	"github.com/outboxrelay/outboxrelay/internal/redact"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
+	"github.com/outboxrelay/outboxrelay/internal/redact"
 )
 
 // Consumer consumes one queue through the inbox table. Create it with New

@@ -3,6 +3,7 @@ package inbox
 import (
 	"context"
 	"fmt"
+
 	"github.com/outboxrelay/outboxrelay/internal/backoff"
 )
 

@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/outboxrelay/outboxrelay/internal/backoff"
-	"github.com/outboxrelay/outboxrelay/internal/redact"
 	"log/slog"
 	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
+	"github.com/outboxrelay/outboxrelay/internal/redact"
 )
 
 // ErrBrokerUnavailable is returned while no broker connection is open.

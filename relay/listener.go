@@ -3,9 +3,10 @@ package relay
 import (
 	"context"
 	"fmt"
-	"github.com/outboxrelay/outboxrelay/internal/backoff"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
 )
 
 // listen keeps a dedicated connection LISTENing on "<schema>.outbox" and

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/outboxrelay/outboxrelay/internal/backoff"
 	"log/slog"
 	"os"
 	"sync"
@@ -12,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
 )
 
 // Config tunes a Relay. Zero values take the documented defaults.

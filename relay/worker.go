@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/outboxrelay/outboxrelay/internal/backoff"
 	"log/slog"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
 )
 
 // worker runs claim -> publish -> mark -> commit loops on its own AMQP
