@@ -199,3 +199,35 @@ func TestRetentionDeletesOnlyOldPublishedRows(t *testing.T) {
 		t.Fatalf("kept %d recent published, %d pending, %d dead; want 100 each", recent, pending, dead)
 	}
 }
+
+// A backlog of one ordering key drains without waiting for wake-ups: only
+// a key's head is claimable, so after publishing it the relay claims again
+// at once instead of waiting for the poll interval (an hour here).
+func TestKeyBacklogDrainsWithoutPolling(t *testing.T) {
+	t.Parallel()
+	env := testenv.Services(t)
+	pool := testenv.Pool(t, testenv.NewSchema(t, true))
+	_, ch := testenv.AMQP(t, env.AMQPURL)
+	queue := testenv.Queue(t, ch, false)
+	ctx := context.Background()
+
+	msgs := make([]outbox.Message, 30)
+	for i := range msgs {
+		msgs[i] = outbox.Message{RoutingKey: queue, OrderingKey: "one-key", Payload: []byte{byte(i)}}
+	}
+	ids, err := outbox.Enqueue(ctx, pool, msgs...) // one statement: one wake-up
+	if err != nil {
+		t.Fatal(err)
+	}
+	startRelay(t, pool, relay.Config{
+		AMQPURLs:     []string{env.AMQPURL},
+		PollInterval: time.Hour,
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	got := testenv.Consume(t, ch, queue, len(ids), time.Minute)
+	for i, d := range got {
+		if d.MessageId != ids[i] {
+			t.Fatalf("message %d is %s, want %s (out of order)", i, d.MessageId, ids[i])
+		}
+	}
+}

@@ -40,7 +40,8 @@ import (
 // reads the backlog in id order and stops at LIMIT; published and dead rows
 // cost nothing once vacuumed.
 const claimBatch = `
-SELECT o.id, o.message_id::text, o.exchange, o.routing_key, o.payload, o.content_type, o.headers, o.created_at, o.attempts
+SELECT o.id, o.message_id::text, o.exchange, o.routing_key, o.payload, o.content_type, o.headers, o.created_at, o.attempts,
+       o.ordering_key IS NOT NULL
 FROM outbox o
 WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.available_at <= now() AND o.id >= $2
   AND (o.ordering_key IS NULL OR NOT EXISTS (
@@ -76,6 +77,7 @@ type claimed struct {
 	headers     []byte
 	createdAt   time.Time
 	attempts    int
+	keyed       bool // has an ordering key
 }
 
 func claim(ctx context.Context, tx pgx.Tx, limit int, from int64, blockOnDead bool) ([]claimed, error) {
@@ -85,7 +87,7 @@ func claim(ctx context.Context, tx pgx.Tx, limit int, from int64, blockOnDead bo
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
 		var c claimed
-		err := row.Scan(&c.id, &c.messageID, &c.exchange, &c.routingKey, &c.payload, &c.contentType, &c.headers, &c.createdAt, &c.attempts)
+		err := row.Scan(&c.id, &c.messageID, &c.exchange, &c.routingKey, &c.payload, &c.contentType, &c.headers, &c.createdAt, &c.attempts, &c.keyed)
 		return c, err
 	})
 	if err != nil {

@@ -29,6 +29,12 @@ type worker struct {
 	low      int64
 	fullScan bool
 	lastFull time.Time
+
+	// keyedDone is set when the last batch published a keyed row: the next
+	// row of its key may be claimable at once, so claim again without
+	// waiting for a wake-up (else a key's backlog would advance by one row
+	// per poll interval).
+	keyedDone bool
 }
 
 // outcome of one row in a batch.
@@ -79,6 +85,9 @@ func (w *worker) run(stop, io context.Context) {
 			w.r.signal() // more is likely waiting: bring another worker in
 			continue
 		}
+		if w.keyedDone {
+			continue // the keys' next rows may now be heads
+		}
 		if !poll.Stop() {
 			select {
 			case <-poll.C:
@@ -100,6 +109,7 @@ func (w *worker) run(stop, io context.Context) {
 // returns how many rows it claimed.
 func (w *worker) batch(ctx context.Context) (int, error) {
 	start := time.Now()
+	w.keyedDone = false
 	tx, err := w.r.pool.Begin(ctx)
 	if err != nil {
 		w.r.m.dbErrors.Inc()
@@ -143,6 +153,7 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 		case stateOK:
 			published = append(published, rows[i].id)
 			publishedMsgIDs = append(publishedMsgIDs, rows[i].messageID)
+			w.keyedDone = w.keyedDone || rows[i].keyed
 		case stateFailed:
 			failedIDs = append(failedIDs, rows[i].id)
 			errs = append(errs, o.reason+": "+o.msg)
