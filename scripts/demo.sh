@@ -59,24 +59,6 @@ mgmt() {
 	rm -f "$out"
 }
 
-# stop_demo PID_FILE NAME: stop what an earlier run started, if the pid still
-# belongs to a process whose command line mentions NAME.
-stop_demo() {
-	local pid_file="$1" name="$2" pid i
-	[ -f "$pid_file" ] || return 0
-	pid="$(cat "$pid_file" 2>/dev/null || true)"
-	if [ -n "$pid" ] && alive "$pid" && grep -qa "$name" "/proc/$pid/cmdline" 2>/dev/null; then
-		echo "stopping the previous demo $name (pid $pid)"
-		kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < 150; i++)); do
-			alive "$pid" || break
-			sleep 0.1
-		done
-		if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-	fi
-	rm -f "$pid_file"
-}
-
 # sql QUERY: run one statement against the demo database, print the result
 # unaligned and without headers.
 sql() { psql -X -q -A -t -v ON_ERROR_STOP=1 -c "$1" "$RELAY_TEST_DATABASE_URL"; }
@@ -147,7 +129,7 @@ mgmt PUT "/api/queues/%2F/$QUEUE" '{"durable":true,"arguments":{"x-queue-type":"
 mgmt DELETE "/api/queues/%2F/$QUEUE/contents" >/dev/null || true
 
 step "Starting the relay in the background (log: $RELAY_LOG)"
-stop_demo "$RELAY_PID_FILE" relay
+scripts/services.sh demo-stop # an earlier run's consumer and relay
 if curl -fs -o /dev/null --max-time 2 "http://$HTTP_ADDR/readyz" 2>/dev/null ||
 	(exec 3<>"/dev/tcp/${HTTP_ADDR%:*}/${HTTP_ADDR##*:}") 2>/dev/null; then
 	die "something else is already listening on $HTTP_ADDR (another relay?); stop it first"
@@ -230,7 +212,6 @@ echo "all 3 messages arrived"
 # Part 2: the consuming side, through the inbox.
 
 step "Starting the orders consumer (bin/orders-consumer) in the background (log: $CONSUMER_LOG)"
-stop_demo "$CONSUMER_PID_FILE" orders-consumer
 # Orders an earlier run left unconsumed would be applied on top of this run's.
 if mgmt GET "/api/queues/%2F/$ORDERS_QUEUE" >/dev/null 2>&1; then
 	mgmt DELETE "/api/queues/%2F/$ORDERS_QUEUE/contents" >/dev/null || die "could not purge $ORDERS_QUEUE"

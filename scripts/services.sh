@@ -1189,6 +1189,7 @@ cluster-clean) cmd_cluster_clean ;;
 node-stop) cmd_node_stop "${2:-}" ;;
 node-start) cmd_node_start "${2:-}" ;;
 pgbouncer-bin) cmd_pgbouncer_bin ;;
+demo-stop) stop_demo_processes ;;
 rabbitmqctl)
 	shift
 	cmd_rabbitmqctl "$@"
@@ -1196,7 +1197,7 @@ rabbitmqctl)
 *)
 	echo "usage: $0 up|down|status|env|rabbit-stop|rabbit-start|pg-restart|clean" >&2
 	echo "       $0 cluster-up|cluster-down|cluster-clean|node-stop N|node-start N|rabbitmqctl N ARGS..." >&2
-	echo "       $0 pgbouncer-bin" >&2
+	echo "       $0 pgbouncer-bin|demo-stop" >&2
 	exit 2
 	;;
 esac

@@ -67,11 +67,7 @@ func TestBehindPgBouncerTransactionModeWithDirectListen(t *testing.T) {
 	if len(want) != 0 {
 		t.Fatalf("%d messages missing", len(want))
 	}
-	testenv.Eventually(t, 30*time.Second, "every row marked published", func() (bool, error) {
-		var left int
-		err := app.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&left)
-		return left == 0, err
-	})
+	testenv.WaitPublished(t, app, 30*time.Second)
 	if errs := relay.Metric("outboxrelay_relay_database_errors_total"); errs != "0" {
 		t.Fatalf("database_errors_total = %s behind PgBouncer; logs:\n%s", errs, relay.Logs())
 	}

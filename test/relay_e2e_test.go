@@ -44,11 +44,7 @@ func TestTwoRelaysPublishEveryRowExactlyOnce(t *testing.T) {
 	a := startRelay(t, relayEnv...)
 	b := startRelay(t, relayEnv...)
 
-	testenv.Eventually(t, 2*time.Minute, "all rows marked published", func() (bool, error) {
-		var left int
-		err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&left)
-		return left == 0, err
-	})
+	testenv.WaitPublished(t, pool, 2*time.Minute)
 	got := testenv.Consume(t, ch, queue, n, time.Minute)
 	seen := make(map[string]int, n)
 	for _, d := range got {

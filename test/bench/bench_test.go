@@ -165,15 +165,33 @@ func purge(b *testing.B, ch *amqp.Channel, queue string) {
 	}
 }
 
-// fill enqueues n rows for queue, 1,000 per statement, through db (a pool,
-// or an open transaction to make them visible at once on commit).
-func fill(b *testing.B, db outbox.Execer, queue string, n int) {
+// bed is what one measurement runs on: a fresh migrated schema and a fresh
+// queue, dropped when the benchmark ends.
+type bed struct {
+	amqpURL, dsn, queue string
+	pool                *pgxpool.Pool
+	ch                  *amqp.Channel
+}
+
+func newBed(b *testing.B, quorum bool) *bed {
+	env := testenv.Services(b)
+	d := &bed{amqpURL: env.AMQPURL, dsn: testenv.NewSchema(b, true)}
+	d.pool = testenv.Pool(b, d.dsn)
+	_, d.ch = testenv.AMQP(b, env.AMQPURL)
+	d.queue = testenv.Queue(b, d.ch, quorum)
+	return d
+}
+
+// fill enqueues n rows for queue (with ordering key key, if not empty),
+// 1,000 per statement, through db (a pool, or an open transaction to make
+// them visible at once on commit).
+func fill(b *testing.B, db outbox.Execer, queue, key string, n int) {
 	ctx := context.Background()
 	msgs := make([]outbox.Message, 0, 1000)
 	for left := n; left > 0; left -= len(msgs) {
 		msgs = msgs[:0]
 		for range min(1000, left) {
-			msgs = append(msgs, outbox.Message{RoutingKey: queue, Payload: payload})
+			msgs = append(msgs, outbox.Message{RoutingKey: queue, OrderingKey: key, Payload: payload})
 		}
 		if _, err := outbox.Enqueue(ctx, db, msgs...); err != nil {
 			b.Fatal(err)

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
@@ -23,18 +21,19 @@ type drainResult struct {
 	elapsed                time.Duration
 }
 
-// drain fills n rows in one transaction while `relays` relay processes
-// wait, commits, and times the drain from the commit to the last row's
-// published_at (both on the database clock).
-func drain(b *testing.B, pool *pgxpool.Pool, dsn, amqpURL, queue string, n, relays int) drainResult {
+// drain fills n rows (all of ordering key key, if not empty) in one
+// transaction while `relays` relay processes wait, commits, and times the
+// drain from the commit to the last row's published_at (both on the
+// database clock).
+func drain(b *testing.B, d *bed, n, relays int, key string) drainResult {
 	ctx := context.Background()
-	procs := startRelays(b, relays, relayEnv(dsn, amqpURL))
-	tx, err := pool.Begin(ctx)
+	procs := startRelays(b, relays, relayEnv(d.dsn, d.amqpURL))
+	tx, err := d.pool.Begin(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	fill(b, tx, queue, n)
+	fill(b, tx, d.queue, key, n)
 
 	pids := make([]int, len(procs))
 	for i, p := range procs {
@@ -53,7 +52,7 @@ func drain(b *testing.B, pool *pgxpool.Pool, dsn, amqpURL, queue string, n, rela
 	if err := tx.Commit(ctx); err != nil {
 		b.Fatal(err)
 	}
-	start := dbNow(b, pool)
+	start := dbNow(b, d.pool)
 
 	testenv.Eventually(b, 10*time.Minute, "every row published", func() (bool, error) {
 		return metricSum(procs, "outboxrelay_relay_published_total") >= float64(n), nil
@@ -62,7 +61,7 @@ func drain(b *testing.B, pool *pgxpool.Pool, dsn, amqpURL, queue string, n, rela
 	rt1 := metricSum(procs, "outboxrelay_relay_database_round_trips_total")
 
 	var last time.Time
-	if err := pool.QueryRow(ctx, `SELECT max(published_at) FROM outbox`).Scan(&last); err != nil {
+	if err := d.pool.QueryRow(ctx, `SELECT max(published_at) FROM outbox`).Scan(&last); err != nil {
 		b.Fatal(err)
 	}
 	for _, p := range procs {
@@ -78,7 +77,7 @@ func drain(b *testing.B, pool *pgxpool.Pool, dsn, amqpURL, queue string, n, rela
 		roundTrips: (rt1 - rt0) / float64(n),
 		elapsed:    elapsed,
 	}
-	res.tableBytes, res.deadTuples = tableSize(b, pool)
+	res.tableBytes, res.deadTuples = tableSize(b, d.pool)
 	return res
 }
 
@@ -98,10 +97,7 @@ func BenchmarkDrain(b *testing.B) {
 }
 
 func drainOnce(b *testing.B, quorum bool, relays int) {
-	env := testenv.Services(b)
 	n := rows()
-	_, ch := testenv.AMQP(b, env.AMQPURL)
-	queue := testenv.Queue(b, ch, quorum)
 	kind := map[bool]string{true: "quorum", false: "classic"}[quorum]
 
 	// This machine's speed drifts between runs, by a third at times; each
@@ -115,13 +111,11 @@ func drainOnce(b *testing.B, quorum bool, relays int) {
 	}
 	var passes []pass
 	for i := range repeat {
-		dsn := testenv.NewSchema(b, true)
-		pool := testenv.Pool(b, dsn)
-		raw, rawMQ, rawClient := rawLimit(b, env.AMQPURL, queue, n)
-		purge(b, ch, queue)
-		res := drain(b, pool, dsn, env.AMQPURL, queue, n, relays)
-		purge(b, ch, queue)
-		pool.Close()
+		d := newBed(b, quorum)
+		raw, rawMQ, rawClient := rawLimit(b, d.amqpURL, d.queue, n)
+		purge(b, d.ch, d.queue)
+		res := drain(b, d, n, relays, "")
+		purge(b, d.ch, d.queue)
 		report("drain    %-7s %d relay(s), pass %d/%d: %d rows in %.2fs = %6.0f msg/s | raw broker limit %6.0f msg/s | ratio %.2f",
 			kind, relays, i+1, repeat, n, res.elapsed.Seconds(), res.rate, raw, res.rate/raw)
 		report("         CPU s per 10k msgs: relay %.2f, postgres %.2f, rabbitmq %.2f = %.2f (raw run: publisher %.2f, rabbitmq %.2f = %.2f) | %.4f db round trips/msg",
@@ -159,15 +153,11 @@ func fmtList(xs []float64) string {
 // drain's dead tuples. The claim must stay fast: compare the two rates.
 func BenchmarkDrainHoldingXmin(b *testing.B) {
 	for range b.N {
-		env := testenv.Services(b)
 		n := rows()
-		dsn := testenv.NewSchema(b, true)
-		pool := testenv.Pool(b, dsn)
-		_, ch := testenv.AMQP(b, env.AMQPURL)
-		queue := testenv.Queue(b, ch, true)
+		d := newBed(b, true)
 		ctx := context.Background()
 
-		holder, err := pool.Acquire(ctx)
+		holder, err := d.pool.Acquire(ctx)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -183,12 +173,12 @@ func BenchmarkDrainHoldingXmin(b *testing.B) {
 			b.Fatal(err)
 		}
 
-		raw, _, _ := rawLimit(b, env.AMQPURL, queue, n)
-		purge(b, ch, queue)
-		first := drain(b, pool, dsn, env.AMQPURL, queue, n, 1)
-		purge(b, ch, queue)
-		second := drain(b, pool, dsn, env.AMQPURL, queue, n, 1)
-		purge(b, ch, queue)
+		raw, _, _ := rawLimit(b, d.amqpURL, d.queue, n)
+		purge(b, d.ch, d.queue)
+		first := drain(b, d, n, 1, "")
+		purge(b, d.ch, d.queue)
+		second := drain(b, d, n, 1, "")
+		purge(b, d.ch, d.queue)
 		_ = htx.Rollback(ctx)
 		holder.Release()
 

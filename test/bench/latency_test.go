@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/outboxrelay/outboxrelay/internal/testenv"
 	"github.com/outboxrelay/outboxrelay/outbox"
 	"github.com/outboxrelay/outboxrelay/relay"
 )
@@ -26,14 +25,11 @@ func BenchmarkLatency(b *testing.B) {
 	for _, kind := range queueKinds() {
 		b.Run(kind, func(b *testing.B) {
 			for range b.N {
-				env := testenv.Services(b)
-				dsn := testenv.NewSchema(b, true)
-				pool := testenv.Pool(b, dsn)
-				_, ch := testenv.AMQP(b, env.AMQPURL)
-				queue := testenv.Queue(b, ch, kind == "quorum")
+				tb := newBed(b, kind == "quorum")
+				pool, ch, queue := tb.pool, tb.ch, tb.queue
 
 				lat := newLatencies()
-				stop := runRelay(b, pool, env.AMQPURL, lat.onBatch)
+				stop := runRelay(b, pool, tb.amqpURL, lat.onBatch)
 				steady := lat.steady(b, pool, queue, 1000, 10*time.Second)
 				purge(b, ch, queue)
 				idle := lat.idle(b, pool, queue, 100, 50*time.Millisecond)

@@ -1,12 +1,10 @@
 package bench
 
 import (
-	"context"
 	"testing"
 	"time"
 
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
-	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
 // BenchmarkOrdering writes 200 keys x 50 rows from four concurrent writers
@@ -15,23 +13,18 @@ import (
 // first arrival of each message id; must be 0) and msg/s.
 func BenchmarkOrdering(b *testing.B) {
 	for range b.N {
-		env := testenv.Services(b)
-		dsn := testenv.NewSchema(b, true)
-		pool := testenv.Pool(b, dsn)
-		_, ch := testenv.AMQP(b, env.AMQPURL)
-		queue := testenv.Queue(b, ch, true)
-
+		d := newBed(b, true)
 		const keys, perKey = 200, 50
-		procs := startRelays(b, 3, relayEnv(dsn, env.AMQPURL, "RELAY_RECONNECT_MAX=500ms"))
+		procs := startRelays(b, 3, relayEnv(d.dsn, d.amqpURL, "RELAY_RECONNECT_MAX=500ms"))
 		start := time.Now()
 		stopKills := testenv.KillLoop(procs, 300*time.Millisecond, time.Second)
-		testenv.WriteKeyed(b, pool, queue, keys, perKey, 4, 10, 15*time.Millisecond)
-		testenv.WaitPublished(b, pool, 5*time.Minute)
+		testenv.WriteKeyed(b, d.pool, d.queue, keys, perKey, 4, 10, 15*time.Millisecond)
+		testenv.WaitPublished(b, d.pool, 5*time.Minute)
 		elapsed := time.Since(start)
 		kills := stopKills()
 
-		got := testenv.ConsumeDistinct(b, ch, queue, keys*perKey, 2*time.Minute)
-		violations, judged := testenv.OrderViolations(b, pool, got)
+		got := testenv.ConsumeDistinct(b, d.ch, d.queue, keys*perKey, 2*time.Minute)
+		violations, judged := testenv.OrderViolations(b, d.pool, got)
 		report("ordering quorum  3 relay(s), %d kills: %d keys x %d rows from 4 writers, %.0f msg/s (write and drain) | violations %d",
 			kills, judged, perKey, float64(keys*perKey)/elapsed.Seconds(), violations)
 		if violations != 0 {
@@ -47,41 +40,12 @@ func BenchmarkOrdering(b *testing.B) {
 // per-key rate, far below the relay's rate across many keys.
 func BenchmarkHotKey(b *testing.B) {
 	for range b.N {
-		env := testenv.Services(b)
-		dsn := testenv.NewSchema(b, true)
-		pool := testenv.Pool(b, dsn)
-		_, ch := testenv.AMQP(b, env.AMQPURL)
-		queue := testenv.Queue(b, ch, true)
-		ctx := context.Background()
 		const n = 2000
-
-		procs := startRelays(b, 1, relayEnv(dsn, env.AMQPURL))
-		tx, err := pool.Begin(ctx)
-		if err != nil {
-			b.Fatal(err)
-		}
-		msgs := make([]outbox.Message, n)
-		for i := range msgs {
-			msgs[i] = outbox.Message{RoutingKey: queue, OrderingKey: "hot", Payload: payload}
-		}
-		if _, err := outbox.Enqueue(ctx, tx, msgs...); err != nil {
-			b.Fatal(err)
-		}
-		if err := tx.Commit(ctx); err != nil {
-			b.Fatal(err)
-		}
-		start := dbNow(b, pool)
-		testenv.Eventually(b, 10*time.Minute, "the key's rows published", func() (bool, error) {
-			return metricSum(procs, "outboxrelay_relay_published_total") >= n, nil
-		})
-		var last time.Time
-		if err := pool.QueryRow(ctx, `SELECT max(published_at) FROM outbox`).Scan(&last); err != nil {
-			b.Fatal(err)
-		}
-		rate := n / last.Sub(start).Seconds()
-		purge(b, ch, queue)
-		report("hot key  quorum  1 relay(s): %d rows of one ordering key drained at %.0f msg/s (one row per batch cycle)", n, rate)
-		b.ReportMetric(rate, "msg/s")
+		d := newBed(b, true)
+		res := drain(b, d, n, 1, "hot")
+		purge(b, d.ch, d.queue)
+		report("hot key  quorum  1 relay(s): %d rows of one ordering key drained at %.0f msg/s (one row per batch cycle)", n, res.rate)
+		b.ReportMetric(res.rate, "msg/s")
 		b.ReportMetric(0, "ns/op")
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/outboxrelay/outboxrelay/internal/testenv"
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
@@ -24,11 +23,8 @@ func BenchmarkSoak(b *testing.B) {
 	}
 	rate := envInt("BENCH_SOAK_RATE", 2000)
 	for range b.N {
-		env := testenv.Services(b)
-		dsn := testenv.NewSchema(b, true)
-		pool := testenv.Pool(b, dsn)
-		_, ch := testenv.AMQP(b, env.AMQPURL)
-		queue := testenv.Queue(b, ch, true)
+		tb := newBed(b, true)
+		pool, ch, queue := tb.pool, tb.ch, tb.queue
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 
@@ -42,7 +38,7 @@ func BenchmarkSoak(b *testing.B) {
 			}
 		}()
 
-		procs := startRelays(b, 1, relayEnv(dsn, env.AMQPURL,
+		procs := startRelays(b, 1, relayEnv(tb.dsn, tb.amqpURL,
 			"RELAY_RETENTION=2m", "RELAY_RETENTION_INTERVAL=10s"))
 		relayPid := procs[0].Pid()
 		startBytes, _ := tableSize(b, pool)

@@ -20,18 +20,9 @@ import (
 
 func TestKillRelaysRepeatedly(t *testing.T) {
 	run(t, "sigkill relays every 1-3s", drain{rows: 20_000, rate: 1000, relays: 2}, func(ctx context.Context, h *harness) int {
-		n := 0
-		for {
-			select {
-			case <-ctx.Done():
-				return n
-			case <-time.After(time.Second + rand.N(2*time.Second)):
-			}
-			r := h.relays[n%len(h.relays)]
-			r.Kill()
-			r.Start()
-			n++
-		}
+		stop := testenv.KillLoop(h.relays, time.Second, 3*time.Second)
+		<-ctx.Done()
+		return stop()
 	})
 }
 

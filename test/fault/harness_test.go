@@ -91,11 +91,7 @@ func run(t *testing.T, name string, d drain, fault func(ctx context.Context, h *
 	cancel()
 	nFaults := <-faults
 
-	testenv.Eventually(t, 3*time.Minute, "every committed row to be published", func() (bool, error) {
-		var left int
-		err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&left)
-		return err == nil && left == 0, err
-	})
+	testenv.WaitPublished(t, h.pool, 3*time.Minute)
 	elapsed := time.Since(start)
 
 	committed := map[string]bool{}
