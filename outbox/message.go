@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -19,7 +18,8 @@ type Message struct {
 	// When set it must be a UUID; reusing one is rejected by the table.
 	MessageID string
 	// Exchange is the target exchange; empty is the default exchange,
-	// which routes by queue name.
+	// which routes by queue name. Exchange, RoutingKey and ContentType
+	// are AMQP short strings: see CheckProperties for their limits.
 	Exchange string
 	// RoutingKey is required.
 	RoutingKey string
@@ -27,8 +27,11 @@ type Message struct {
 	Payload []byte
 	// ContentType defaults to DefaultContentType.
 	ContentType string
-	// Headers become AMQP headers. Values must be JSON-encodable; a
-	// "traceparent" header is propagated as is.
+	// Headers become AMQP headers. Values must be JSON-encodable; they
+	// are stored as JSON and published with the mapping and limits of
+	// DecodeHeaders (at most MaxHeaderTableBytes encoded, 8,192 entries
+	// per table or array, 32 levels). A "traceparent" header is
+	// propagated as is.
 	Headers map[string]any
 	// OrderingKey, when set, makes rows sharing it publish in outbox order.
 	OrderingKey string
@@ -40,37 +43,50 @@ type Message struct {
 // tell a bad message (permanent) from a database error (maybe transient).
 var ErrInvalidMessage = errors.New("invalid message")
 
-// Limits applied by Validate. Routing keys and exchange names are AMQP
-// short strings (at most 255 bytes).
-const maxShortString = 255
-
 // Validate reports the first problem with m, wrapped in ErrInvalidMessage.
+// Beyond the required fields it applies the limits of limits.go, exactly
+// as the relay will: the headers are checked by encoding them to JSON and
+// decoding that the way the relay decodes the jsonb column. A limit
+// violation also matches errors.As(err, **LimitError).
 func (m *Message) Validate() error {
+	_, err := m.check()
+	return err
+}
+
+// check validates m and returns its headers as the JSON text to insert.
+func (m *Message) check() ([]byte, error) {
 	switch {
 	case m.RoutingKey == "":
-		return invalid("routing key is empty")
-	case len(m.RoutingKey) > maxShortString:
-		return invalid("routing key is %d bytes, at most %d", len(m.RoutingKey), maxShortString)
-	case len(m.Exchange) > maxShortString:
-		return invalid("exchange is %d bytes, at most %d", len(m.Exchange), maxShortString)
-	case !utf8.ValidString(m.RoutingKey) || !utf8.ValidString(m.Exchange):
-		return invalid("exchange and routing key must be UTF-8")
+		return nil, invalid("routing key is empty")
 	case m.Payload == nil:
-		return invalid("payload is nil")
-	case len(m.ContentType) > maxShortString:
-		return invalid("content type is %d bytes, at most %d", len(m.ContentType), maxShortString)
+		return nil, invalid("payload is nil")
+	}
+	contentType := m.ContentType
+	if contentType == "" {
+		contentType = DefaultContentType
+	}
+	if err := CheckProperties(m.Exchange, m.RoutingKey, contentType); err != nil {
+		return nil, fmt.Errorf("outbox: %w: %w", ErrInvalidMessage, err)
 	}
 	if m.MessageID != "" {
 		if _, err := uuid.Parse(m.MessageID); err != nil {
-			return invalid("message id %q is not a UUID", m.MessageID)
+			return nil, invalid("message id %q is not a UUID", m.MessageID)
 		}
 	}
-	for k := range m.Headers {
-		if len(k) > maxShortString {
-			return invalid("header name %.20q... is %d bytes, at most %d", k, len(k), maxShortString)
-		}
+	if len(m.Headers) == 0 {
+		return []byte("{}"), nil
 	}
-	return nil
+	b, err := json.Marshal(m.Headers)
+	if err != nil {
+		return nil, invalid("headers: %v", err)
+	}
+	if hasEscapedNUL(b) {
+		return nil, invalid("headers: contain U+0000, which jsonb cannot store")
+	}
+	if _, err := DecodeHeaders(b, DefaultFrameMax); err != nil {
+		return nil, fmt.Errorf("outbox: %w: %w", ErrInvalidMessage, err)
+	}
+	return b, nil
 }
 
 func invalid(format string, args ...any) error {
@@ -90,7 +106,8 @@ type row struct {
 }
 
 func (m *Message) row() (row, error) {
-	if err := m.Validate(); err != nil {
+	headers, err := m.check()
+	if err != nil {
 		return row{}, err
 	}
 	r := row{
@@ -99,20 +116,13 @@ func (m *Message) row() (row, error) {
 		routingKey:  m.RoutingKey,
 		payload:     m.Payload,
 		contentType: m.ContentType,
-		headers:     []byte("{}"),
+		headers:     headers,
 	}
 	if r.messageID == "" {
 		r.messageID = uuid.NewString()
 	}
 	if r.contentType == "" {
 		r.contentType = DefaultContentType
-	}
-	if len(m.Headers) > 0 {
-		b, err := json.Marshal(m.Headers)
-		if err != nil {
-			return row{}, invalid("headers: %v", err)
-		}
-		r.headers = b
 	}
 	if m.OrderingKey != "" {
 		k := m.OrderingKey

@@ -18,12 +18,12 @@ func TestValidate(t *testing.T) {
 		{"empty payload is fine", Message{RoutingKey: "orders", Payload: []byte{}}, ""},
 		{"explicit uuid", Message{RoutingKey: "o", Payload: []byte("x"), MessageID: "7d444840-9dc0-11d1-b245-5ffdce74fad2"}, ""},
 		{"empty routing key", Message{Payload: []byte("x")}, "routing key is empty"},
-		{"long routing key", Message{RoutingKey: long, Payload: []byte("x")}, "routing key is 256 bytes"},
-		{"long exchange", Message{Exchange: long, RoutingKey: "k", Payload: []byte("x")}, "exchange is 256 bytes"},
+		{"long routing key", Message{RoutingKey: long, Payload: []byte("x")}, "routing_key: 256 bytes, over the 255-byte limit"},
+		{"long exchange", Message{Exchange: long, RoutingKey: "k", Payload: []byte("x")}, "exchange: 256 bytes, over the 255-byte limit"},
 		{"nil payload", Message{RoutingKey: "k"}, "payload is nil"},
 		{"bad message id", Message{RoutingKey: "k", Payload: []byte("x"), MessageID: "order-1"}, `message id "order-1" is not a UUID`},
-		{"invalid utf8 key", Message{RoutingKey: "\xff", Payload: []byte("x")}, "must be UTF-8"},
-		{"long header name", Message{RoutingKey: "k", Payload: []byte("x"), Headers: map[string]any{long: 1}}, "header name"},
+		{"invalid utf8 key", Message{RoutingKey: "\xff", Payload: []byte("x")}, "routing_key: not valid UTF-8"},
+		{"long header name", Message{RoutingKey: "k", Payload: []byte("x"), Headers: map[string]any{long: 1}}, "headers: name \"kkkk"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
