@@ -37,13 +37,18 @@ type ExchangeStatus struct {
 	OldestPendingAge time.Duration
 }
 
-// Two queries, each served by its partial index (pending rows, dead rows),
-// so a large table of published rows is never scanned.
+// Each query is served by partial indexes (pending rows without a key,
+// unpublished keyed rows, dead rows), so a large table of published rows
+// is never scanned.
 const (
 	statusPending = `
 SELECT exchange, count(*), count(*) FILTER (WHERE available_at <= now()),
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-FROM outbox WHERE published_at IS NULL AND dead_at IS NULL
+FROM (SELECT exchange, available_at, created_at FROM outbox
+      WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NULL
+      UNION ALL
+      SELECT exchange, available_at, created_at FROM outbox
+      WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NOT NULL) p
 GROUP BY exchange`
 	statusDead  = `SELECT exchange, count(*) FROM outbox WHERE dead_at IS NOT NULL GROUP BY exchange`
 	statusTable = `

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -35,6 +36,16 @@ type broker struct {
 	changed    chan struct{} // closed and replaced on every state change
 	exchanges  map[string]time.Time
 	lastDialed int
+	lastClose  closeReason
+}
+
+// closeReason is why the last connection ended.
+type closeReason struct {
+	text string
+	// outage is true when the broker went away for reasons of its own (a
+	// shutdown or an operator closing connections: CONNECTION_FORCED), so
+	// no row in flight is to blame.
+	outage bool
 }
 
 const exchangeCacheTTL = 30 * time.Second
@@ -58,10 +69,9 @@ func (b *broker) run(ctx context.Context) error {
 	next := 0
 	for ctx.Err() == nil {
 		u := b.urls[next%len(b.urls)]
-		conn, err := amqp.DialConfig(u, amqp.Config{
+		conn, err := dial(ctx, u, amqp.Config{
 			Heartbeat:  b.heartbeat,
 			Locale:     "en_US",
-			Dial:       amqp.DefaultDial(10 * time.Second),
 			Properties: amqp.Table{"connection_name": b.name},
 		})
 		if err != nil {
@@ -105,8 +115,10 @@ func (b *broker) watch(ctx context.Context, conn *amqp.Connection, closed chan *
 			return nil
 		case e, ok := <-closed:
 			if !ok || e == nil {
+				b.setClose(closeReason{text: "connection closed"})
 				return errors.New("connection closed")
 			}
+			b.setClose(closeReason{text: e.Error(), outage: e.Code == amqp.ConnectionForced})
 			return e
 		case bl, ok := <-blocked:
 			if !ok {
@@ -170,24 +182,67 @@ func (b *broker) ready(ctx context.Context) (*amqp.Connection, error) {
 	}
 }
 
-// channel opens a channel in confirm mode, waiting for a connection.
-func (b *broker) channel(ctx context.Context) (*amqp.Channel, error) {
-	for {
-		c, err := b.ready(ctx)
-		if err != nil {
-			return nil, err
+// current returns the open connection, or ErrBrokerUnavailable at once.
+// Code that holds a database transaction uses it instead of ready: a
+// transaction must never wait for the broker.
+func (b *broker) current() (*amqp.Connection, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.conn == nil || b.conn.IsClosed() {
+		return nil, ErrBrokerUnavailable
+	}
+	return b.conn, nil
+}
+
+// channel opens a confirm-mode channel on the current connection, without
+// waiting for one.
+func (b *broker) channel() (*amqp.Channel, error) {
+	c, err := b.current()
+	if err != nil {
+		return nil, err
+	}
+	ch, err := c.Channel()
+	if err == nil {
+		if err = ch.Confirm(false); err == nil {
+			return ch, nil
 		}
-		ch, err := c.Channel()
-		if err == nil {
-			if err = ch.Confirm(false); err == nil {
-				return ch, nil
+		_ = ch.Close()
+	}
+	return nil, fmt.Errorf("relay: open channel: %w", err)
+}
+
+// frameMax is the negotiated frame_max of the current connection, or 0
+// (meaning the protocol default) when there is none.
+func (b *broker) frameMax() int {
+	c, err := b.current()
+	if err != nil {
+		return 0
+	}
+	return c.Config.FrameSize
+}
+
+func (b *broker) setClose(r closeReason) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lastClose = r
+}
+
+// lastCloseReason says why the last connection closed. The worker asks
+// after it saw its channel die with the connection; the watcher records
+// the reason when the close notification arrives, which can be a moment
+// later, so wait briefly for it.
+func (b *broker) lastCloseReason() closeReason {
+	for deadline := time.Now().Add(time.Second); ; {
+		b.mu.Lock()
+		r, conn := b.lastClose, b.conn
+		b.mu.Unlock()
+		if conn == nil || time.Now().After(deadline) {
+			if r.text == "" {
+				r.text = "connection closed"
 			}
-			_ = ch.Close()
+			return r
 		}
-		if c.IsClosed() {
-			continue // the watcher will notice and reconnect
-		}
-		return nil, fmt.Errorf("relay: open channel: %w", err)
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -205,7 +260,7 @@ func (b *broker) exchangeExists(ctx context.Context, name string) (bool, error) 
 	if ok && time.Since(seen) < exchangeCacheTTL {
 		return true, nil
 	}
-	c, err := b.ready(ctx)
+	c, err := b.current()
 	if err != nil {
 		return false, err
 	}
@@ -233,4 +288,33 @@ func boolFloat(v bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// dial connects to url like amqp.DialConfig, but gives up when ctx ends,
+// also during the AMQP handshake (a peer that accepts TCP and never speaks
+// would otherwise hold the dial for its whole timeout).
+func dial(ctx context.Context, url string, cfg amqp.Config) (*amqp.Connection, error) {
+	const handshakeTimeout = 10 * time.Second
+	var stop func() bool
+	cfg.Dial = func(network, addr string) (net.Conn, error) {
+		d := net.Dialer{Timeout: handshakeTimeout}
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.SetDeadline(time.Now().Add(handshakeTimeout)); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		stop = context.AfterFunc(ctx, func() { _ = c.Close() })
+		return c, nil
+	}
+	conn, err := amqp.DialConfig(url, cfg)
+	if stop != nil {
+		stop()
+	}
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return conn, err
 }

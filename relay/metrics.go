@@ -26,6 +26,8 @@ type metrics struct {
 	tableDeadTuples      prometheus.Gauge
 	tableBytes           prometheus.Gauge
 	retained             prometheus.Counter
+	overtaken            prometheus.Counter
+	suspected            prometheus.Counter
 }
 
 // failure reasons, the label values of outboxrelay_relay_publish_failures_total.
@@ -37,6 +39,9 @@ const (
 	reasonBadHeaders    = "bad_headers"
 	reasonNoExchange    = "no_exchange"
 	reasonChannelClosed = "channel_closed"
+	// reasonConnectionLost: the connection died while the row was
+	// published alone, so the row is to blame (it was already suspected).
+	reasonConnectionLost = "connection_lost"
 )
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -86,8 +91,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "table_bytes", Help: "pg_total_relation_size of the outbox table, as of the last stats query."}),
 		retained: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "retention_deleted_total", Help: "Published rows deleted by retention."}),
+		overtaken: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "ordering_overtaken_total", Help: "Keyed rows the broker confirmed after refusing an earlier row of their key in the same pipelined run (key order broken on the broker; see strict_ordering)."}),
+		suspected: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "suspected_total", Help: "Rows in flight when the broker connection died under a batch; each is then published alone."}),
 	}
-	for _, r := range []string{reasonUnroutable, reasonNacked, reasonTimeout, reasonTooLarge, reasonBadHeaders, reasonNoExchange, reasonChannelClosed} {
+	for _, r := range []string{reasonUnroutable, reasonNacked, reasonTimeout, reasonTooLarge, reasonBadHeaders, reasonNoExchange, reasonChannelClosed, reasonConnectionLost, reasonBadProperty} {
 		m.failed.WithLabelValues(r)
 	}
 	if reg != nil {
@@ -95,7 +104,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			m.brokerConnected, m.brokerBlocked, m.brokerBlockedSeconds, m.brokerReconnects,
 			m.brokerDialFailures, m.dbErrors, m.listenerConnected,
 			m.pendingRows, m.dueRows, m.deadRows, m.oldestPending,
-			m.blockedKeys, m.tableDeadTuples, m.tableBytes, m.retained)
+			m.blockedKeys, m.tableDeadTuples, m.tableBytes, m.retained, m.overtaken, m.suspected)
 	}
 	return m
 }

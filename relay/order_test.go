@@ -87,6 +87,12 @@ func TestOrderingPolicyOnDeadRows(t *testing.T) {
 			t.Parallel()
 			b := setup(t, func(c *relay.Config) {
 				c.OrderingPolicy = policy
+				// Strict: "second" is not sent while "first" is
+				// unconfirmed, so it is the dead-row policy alone that
+				// decides when it goes. (Pipelined, "second" would be
+				// confirmed in the same run as the returned "first": an
+				// overtake, see TestOvertakeIsCounted.)
+				c.StrictOrdering = true
 				c.MaxAttempts = 2
 				c.RetryBase, c.RetryMax = time.Millisecond, time.Millisecond
 				c.PollInterval = 10 * time.Millisecond

@@ -37,8 +37,13 @@ type Config struct {
 	ReconnectMin, ReconnectMax time.Duration
 	// Heartbeat is the AMQP heartbeat (default 10s).
 	Heartbeat time.Duration
-	// MaxPayloadBytes fails larger payloads without publishing (16 MiB).
+	// MaxPayloadBytes parks larger payloads as dead without loading them
+	// (default 16 MiB).
 	MaxPayloadBytes int
+	// MaxBatchBytes caps the payload bytes one batch loads (default 64
+	// MiB, at least MaxPayloadBytes): the relay's memory follows this, not
+	// the table. A batch stops at the row that would cross it.
+	MaxBatchBytes int64
 	// ShutdownTimeout is how long in-flight batches may finish after the
 	// Run context ends (default 10s); then they are abandoned.
 	ShutdownTimeout time.Duration
@@ -47,6 +52,12 @@ type Config struct {
 	// is requeued or discarded; OrderingSkip lets them go on. Either way
 	// they wait while an earlier row is pending or retrying.
 	OrderingPolicy string
+	// StrictOrdering keeps at most one unconfirmed row per ordering key
+	// (rows of other keys and rows without a key are still pipelined), so
+	// a broker that refuses row k can never have accepted k+1 first. Off
+	// by default: a key's run is pipelined, and such an overtake is
+	// detected, counted and logged instead (see the README, "Ordering").
+	StrictOrdering bool
 	// RescanInterval bounds how long a worker draining a backlog goes
 	// without a claim from the start of the table (default 1s).
 	RescanInterval time.Duration
@@ -103,6 +114,9 @@ func (c *Config) setDefaults() {
 	defInt(&c.Workers, 2)
 	defInt(&c.MaxAttempts, 10)
 	defInt(&c.MaxPayloadBytes, 16<<20)
+	if c.MaxBatchBytes == 0 {
+		c.MaxBatchBytes = max(64<<20, int64(c.MaxPayloadBytes))
+	}
 	def(&c.PollInterval, time.Second)
 	def(&c.ConfirmTimeout, 30*time.Second)
 	def(&c.RetryBase, time.Second)
@@ -137,6 +151,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("relay: OrderingPolicy %q is neither %q nor %q", c.OrderingPolicy, OrderingBlock, OrderingSkip)
 	case c.Retention < 0:
 		return errors.New("relay: Retention must not be negative")
+	case c.MaxBatchBytes < int64(c.MaxPayloadBytes):
+		return errors.New("relay: MaxBatchBytes is below MaxPayloadBytes")
 	case c.RetryMax < c.RetryBase:
 		return errors.New("relay: RetryMax is below RetryBase")
 	case c.ReconnectMax < c.ReconnectMin:
@@ -156,6 +172,7 @@ type Relay struct {
 	broker *broker
 	wake   chan struct{}
 	retry  backoff.Policy
+	health health
 }
 
 // New builds a Relay over pool, which must reach the database whose
@@ -175,13 +192,26 @@ func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
 		broker: newBroker(cfg.AMQPURLs, cfg.Heartbeat, reconnect, cfg.ConnectionName, cfg.Logger, m),
 		wake:   make(chan struct{}, 1),
 		retry:  backoff.Policy{Base: cfg.RetryBase, Max: cfg.RetryMax},
+		health: health{fatal: make(chan error, 1)},
 	}, nil
 }
 
 // Run publishes until ctx ends, then lets in-flight batches finish for up
 // to ShutdownTimeout before abandoning them (an abandoned batch is rolled
-// back and published again later). It returns nil after a clean stop.
-func (r *Relay) Run(ctx context.Context) error {
+// back and published again later). It returns nil after a clean stop, and
+// an error wrapping ErrPermanent when the database refuses the relay for
+// good from the start (wrong password, missing database, table or
+// privilege) for longer than StartupGrace: retrying would only spin.
+func (r *Relay) Run(parent context.Context) error {
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	go func() {
+		select {
+		case err := <-r.health.fatal:
+			cancel(err)
+		case <-ctx.Done():
+		}
+	}()
 	// hard carries the in-flight I/O; it outlives ctx by ShutdownTimeout.
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHard()
@@ -231,13 +261,22 @@ func (r *Relay) Run(ctx context.Context) error {
 	wg.Wait()
 	cancelHard()
 	<-brokerDone
+	if err := context.Cause(ctx); err != nil && parent.Err() == nil {
+		r.log.Error("relay stopped", "err", err)
+		return err
+	}
 	r.log.Info("relay stopped")
 	return nil
 }
 
-// Ready reports whether the database answers and a broker connection is
-// open; it backs /readyz.
+// Ready reports whether the database answers and accepts the relay's
+// claims, and a broker connection is open; it backs /readyz. After a
+// permanent database error (see ErrPermanent) it stays not ready, with the
+// reason, until a batch succeeds again.
 func (r *Relay) Ready(ctx context.Context) error {
+	if err := r.health.permanent(); err != nil {
+		return err
+	}
 	if err := r.pool.Ping(ctx); err != nil {
 		return fmt.Errorf("database: %w", err)
 	}

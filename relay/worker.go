@@ -24,35 +24,46 @@ type worker struct {
 	returns chan amqp.Return
 	closed  chan *amqp.Error
 
-	// low is where the next claim starts while draining (the first id of
-	// the previous batch); fullScan forces a claim from the start.
+	// low is where the next claim of unkeyed rows starts while draining
+	// (the first unkeyed id of the previous batch); fullScan forces a
+	// claim from the start.
 	low      int64
 	fullScan bool
 	lastFull time.Time
 
+	// afterKey is where the next claim starts visiting ordering keys: the
+	// last key of the previous batch, so keys take turns.
+	afterKey string
+
 	// keyedDone is set when the last batch published a keyed row: the next
-	// row of its key may be claimable at once, so claim again without
-	// waiting for a wake-up (else a key's backlog would advance by one row
-	// per poll interval).
+	// rows of its key may be claimable at once, so claim again without
+	// waiting for a wake-up.
 	keyedDone bool
 }
 
 // outcome of one row in a batch.
 type outcome struct {
-	state  int // statePending (untouched), stateOK or stateFailed
-	reason string
-	msg    string
+	state     int // statePending (untouched), stateOK, stateFailed or stateSuspected
+	reason    string
+	msg       string
+	permanent bool // failed for good: dead at once
 }
 
 const (
 	statePending = iota
 	stateOK
 	stateFailed
+	stateSuspected // in flight when the connection died with others: flag, do not charge
 )
 
-// run loops until stop ends; io carries the I/O of a batch in flight, so a
-// batch can finish after stop during a graceful shutdown.
-func (w *worker) run(stop, io context.Context) {
+// errConnectionLost ends a batch whose broker connection died under it.
+// The batch still commits what it learned (confirmed rows, suspects), then
+// the worker waits for the broker outside any transaction.
+var errConnectionLost = errors.New("broker connection lost mid-batch; unconfirmed rows released")
+
+// run loops until stop ends; ioctx carries the I/O of a batch in flight,
+// so a batch can finish after stop during a graceful shutdown.
+func (w *worker) run(stop, ioctx context.Context) {
 	defer w.closeChannel()
 	bo := backoff.Policy{Base: w.r.cfg.ReconnectMin, Max: w.r.cfg.ReconnectMax}
 	failures := 0
@@ -60,28 +71,33 @@ func (w *worker) run(stop, io context.Context) {
 	defer poll.Stop()
 	for stop.Err() == nil {
 		// Wait for a usable broker (connected, not blocked by an alarm)
-		// before claiming, so rows are not held while nothing can be sent.
+		// before claiming, so rows are never held in a transaction while
+		// nothing can be sent.
 		if _, err := w.r.broker.ready(stop); err != nil {
 			return
 		}
 		if time.Since(w.lastFull) >= w.r.cfg.RescanInterval {
 			w.fullScan = true
 		}
-		n, err := w.batch(io)
+		n, err := w.batch(ioctx)
 		if err != nil {
-			if io.Err() != nil {
+			if ioctx.Err() != nil {
 				return
+			}
+			if w.r.noteBatchError(err) {
+				return // permanent at start: Run returns it
 			}
 			delay := bo.Full(failures)
 			failures++
-			w.log.Warn("batch abandoned", "err", err, "retry_in", delay)
+			w.log.Warn("batch abandoned", "err", err, "retry_in", delay.String())
 			if !backoff.Sleep(stop.Done(), delay) {
 				return
 			}
 			continue
 		}
+		w.r.noteBatchOK()
 		failures = 0
-		if n == w.r.cfg.BatchSize {
+		if n >= w.r.cfg.BatchSize {
 			w.r.signal() // more is likely waiting: bring another worker in
 			continue
 		}
@@ -110,7 +126,7 @@ func (w *worker) run(stop, io context.Context) {
 func (w *worker) batch(ctx context.Context) (int, error) {
 	start := time.Now()
 	w.keyedDone = false
-	tx, err := w.r.pool.Begin(ctx)
+	tx, err := w.r.pool.BeginTx(ctx, claimTx)
 	if err != nil {
 		w.r.m.dbErrors.Inc()
 		return 0, fmt.Errorf("begin: %w", err)
@@ -124,49 +140,62 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 	if w.fullScan {
 		from, w.fullScan, w.lastFull = 0, false, time.Now()
 	}
-	rows, err := claim(ctx, tx, w.r.cfg.BatchSize, from, w.r.cfg.OrderingPolicy != OrderingSkip)
+	cfg := &w.r.cfg
+	rows, err := claim(ctx, tx, claimArgs{
+		keyedRows:   cfg.BatchSize,
+		afterKey:    w.afterKey,
+		blockOnDead: cfg.OrderingPolicy != OrderingSkip,
+		runMax:      cfg.BatchSize,
+		fromID:      from,
+		batchRows:   cfg.BatchSize,
+		maxPayload:  cfg.MaxPayloadBytes,
+		maxBytes:    cfg.MaxBatchBytes,
+	})
 	if err != nil {
 		w.r.m.dbErrors.Inc()
 		w.fullScan = true
 		return 0, err
 	}
-	if len(rows) > 0 {
-		w.low = rows[0].id
-	}
+	w.advanceCursors(rows)
 	if len(rows) == 0 {
 		return 0, tx.Commit(ctx)
 	}
-	outs, err := w.publish(ctx, rows)
-	if err != nil {
-		return 0, err
+	outs, connErr := w.publish(ctx, rows)
+	if connErr != nil && !errors.Is(connErr, errConnectionLost) {
+		return 0, connErr // context ended: roll back, nothing is known
 	}
 
 	var (
-		published, failedIDs []int64
-		publishedMsgIDs      []string
-		errs                 []string
-		delays               []int64
-		released             int
+		published       []int64
+		publishedMsgIDs []string
+		failures        []failure
+		suspected       []int64
+		released        int
 	)
 	for i, o := range outs {
+		row := &rows[i]
 		switch o.state {
 		case stateOK:
-			published = append(published, rows[i].id)
-			publishedMsgIDs = append(publishedMsgIDs, rows[i].messageID)
-			w.keyedDone = w.keyedDone || rows[i].keyed
+			published = append(published, row.id)
+			publishedMsgIDs = append(publishedMsgIDs, row.messageID)
+			w.keyedDone = w.keyedDone || row.key != ""
 		case stateFailed:
-			failedIDs = append(failedIDs, rows[i].id)
-			errs = append(errs, o.reason+": "+o.msg)
-			delays = append(delays, w.r.retry.Equal(rows[i].attempts).Milliseconds())
+			failures = append(failures, failure{
+				id: row.id, err: o.reason + ": " + o.msg, permanent: o.permanent,
+				delayMS: w.r.retry.Equal(row.attempts).Milliseconds(),
+			})
 			w.r.m.failed.WithLabelValues(o.reason).Inc()
-			w.log.Warn("publish failed", "id", rows[i].id, "message_id", rows[i].messageID,
-				"exchange", rows[i].exchange, "routing_key", rows[i].routingKey,
-				"attempt", rows[i].attempts+1, "reason", o.reason, "err", o.msg)
+			w.log.Warn("publish failed", "id", row.id, "message_id", row.messageID,
+				"exchange", row.exchange, "routing_key", row.routingKey, "ordering_key", row.key,
+				"attempt", row.attempts+1, "reason", o.reason, "permanent", o.permanent, "err", o.msg)
+		case stateSuspected:
+			suspected = append(suspected, row.id)
+			released++
 		default:
 			released++
 		}
 	}
-	dead, err := mark(ctx, tx, published, failedIDs, errs, delays, w.r.cfg.MaxAttempts)
+	dead, err := mark(ctx, tx, published, failures, suspected, cfg.MaxAttempts)
 	if err != nil {
 		w.r.m.dbErrors.Inc()
 		return 0, err
@@ -180,6 +209,7 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 	w.r.m.batchSeconds.Observe(now.Sub(start).Seconds())
 	w.r.m.published.Add(float64(len(published)))
 	w.r.m.dead.Add(float64(dead))
+	w.r.m.suspected.Add(float64(len(suspected)))
 	for i, o := range outs {
 		if o.state == stateOK {
 			w.r.m.latency.Observe(now.Sub(rows[i].createdAt).Seconds())
@@ -188,41 +218,94 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 	if dead > 0 {
 		w.log.Error("rows parked as dead", "count", dead)
 	}
-	if w.r.cfg.OnBatch != nil {
-		w.r.cfg.OnBatch(BatchResult{Published: publishedMsgIDs, Failed: len(failedIDs), Released: released, CommittedAt: now})
+	if len(suspected) > 0 {
+		w.log.Warn("broker connection died with rows in flight; they will be published alone",
+			"suspected", len(suspected))
 	}
-	if released > 0 {
-		return len(rows), errors.New("broker connection lost mid-batch; unconfirmed rows released")
+	if w.r.cfg.OnBatch != nil {
+		w.r.cfg.OnBatch(BatchResult{Published: publishedMsgIDs, Failed: len(failures), Released: released, CommittedAt: now})
+	}
+	if connErr != nil {
+		return len(rows), connErr
 	}
 	return len(rows), nil
 }
 
-// publish sends the batch and reports each row's outcome. An error means
-// nothing can be said about the unconfirmed rows (context ended).
+// advanceCursors moves the claim cursors past what rows claimed.
+func (w *worker) advanceCursors(rows []claimed) {
+	lastKey := ""
+	firstUnkeyed := int64(-1)
+	for i := range rows {
+		if rows[i].key == "" {
+			if firstUnkeyed < 0 {
+				firstUnkeyed = rows[i].id
+			}
+		} else if rows[i].key > lastKey {
+			lastKey = rows[i].key
+		}
+	}
+	// No keyed row: every key was passed over or there is none; visit
+	// them from the start next time.
+	w.afterKey = lastKey
+	if firstUnkeyed >= 0 {
+		w.low = firstUnkeyed
+	}
+}
+
+// publish sends the batch and reports each row's outcome. The rows go out
+// in id order, in segments: consecutive ordinary rows are pipelined
+// together; a suspected row goes alone, after the segment before it is
+// confirmed. A segment that loses the connection ends the batch: its
+// unconfirmed rows are suspected (or charged, if it was a lone row), later
+// segments stay untouched, and publish returns errConnectionLost with the
+// outcomes. Any other error means the context ended.
 func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error) {
 	outs := make([]outcome, len(rows))
 	msgs := make([]amqp.Publishing, len(rows))
-	todo := make([]int, 0, len(rows))
+	frameMax := w.r.broker.frameMax()
+	held := map[string]bool{} // keys whose earlier row did not go out in this batch
+	next := make(map[string]int64)
+
+	var segment []int
+	flush := func() error {
+		if len(segment) == 0 {
+			return nil
+		}
+		err := w.sendSegment(ctx, rows, msgs, segment, outs)
+		segment = segment[:0]
+		return err
+	}
 	for i := range rows {
 		row := &rows[i]
-		if len(row.payload) > w.r.cfg.MaxPayloadBytes {
-			outs[i] = failed(reasonTooLarge, "payload is %d bytes, over max_payload_bytes %d", len(row.payload), w.r.cfg.MaxPayloadBytes)
-			continue
+		if row.key != "" {
+			// A run is published only as far as its ranks are contiguous
+			// from 1: a missing rank is a row this batch does not hold.
+			if held[row.key] || row.rn != next[row.key]+1 {
+				held[row.key] = true
+				continue
+			}
+			next[row.key] = row.rn
 		}
-		headers, err := decodeHeaders(row.headers)
+		if row.payload == nil && row.size <= w.r.cfg.MaxPayloadBytes {
+			break // over the batch's byte budget: this row and the rest wait
+		}
+		headers, err := checkRow(row.exchange, row.routingKey, row.contentType, row.headers, row.size, w.r.cfg.MaxPayloadBytes, frameMax)
 		if err != nil {
-			outs[i] = failed(reasonBadHeaders, "%v", err)
+			outs[i] = outcome{state: stateFailed, reason: poisonReason(err), msg: err.Error(), permanent: true}
+			holdKey(held, row)
 			continue
 		}
 		ok, err := w.r.broker.exchangeExists(ctx, row.exchange)
 		if err != nil {
-			if errors.Is(err, ctx.Err()) {
-				return nil, err
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
 			}
-			continue // broker trouble: leave the row pending, untouched
+			holdKey(held, row) // broker trouble: leave the row pending, untouched
+			continue
 		}
 		if !ok {
 			outs[i] = failed(reasonNoExchange, "exchange %q does not exist", row.exchange)
+			holdKey(held, row)
 			continue
 		}
 		msgs[i] = amqp.Publishing{
@@ -233,29 +316,147 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 			Timestamp:    row.createdAt,
 			Body:         row.payload,
 		}
-		todo = append(todo, i)
+		if row.suspected {
+			if err := flush(); err != nil {
+				return outs, err
+			}
+			segment = append(segment, i)
+			if err := flush(); err != nil {
+				return outs, err
+			}
+			continue
+		}
+		segment = append(segment, i)
 	}
+	return outs, flush()
+}
 
-	lost, err := w.send(ctx, rows, msgs, todo, outs)
-	if err != nil {
-		return nil, err
+// holdKey stops the rest of row's key in this batch: a later row must not
+// overtake one that did not go out.
+func holdKey(held map[string]bool, row *claimed) {
+	if row.key != "" {
+		held[row.key] = true
 	}
-	// The broker closed the channel under the batch: a channel error caused
-	// by one message. Publish the unconfirmed rows one at a time on fresh
-	// channels so that only the culprit is charged.
+}
+
+// sendSegment publishes rows[seg] and fills their outcomes. Under strict
+// ordering a key has at most one unconfirmed row: the segment goes out in
+// waves, each holding the next row of every key (and, in the first, every
+// row without a key), and a key whose row failed sends no more.
+func (w *worker) sendSegment(ctx context.Context, rows []claimed, msgs []amqp.Publishing, seg []int, outs []outcome) error {
+	if !w.r.cfg.StrictOrdering || len(seg) == 1 {
+		lost, err := w.send(ctx, rows, msgs, seg, outs)
+		if err != nil {
+			return err
+		}
+		w.checkOvertaken(rows, seg, outs)
+		return w.settleLost(ctx, rows, msgs, seg, lost, outs)
+	}
+	stopped := map[string]bool{}
+	for wave := 0; ; wave++ {
+		var todo []int
+		seen := map[string]bool{}
+		for _, i := range seg {
+			if outs[i].state != statePending {
+				continue // sent in an earlier wave
+			}
+			k := rows[i].key
+			if k == "" {
+				if wave == 0 {
+					todo = append(todo, i)
+				}
+				continue
+			}
+			if stopped[k] || seen[k] {
+				continue
+			}
+			seen[k] = true
+			todo = append(todo, i)
+		}
+		if len(todo) == 0 {
+			return nil
+		}
+		lost, err := w.send(ctx, rows, msgs, todo, outs)
+		if err != nil {
+			return err
+		}
+		if err := w.settleLost(ctx, rows, msgs, todo, lost, outs); err != nil {
+			return err
+		}
+		for _, i := range todo {
+			if k := rows[i].key; k != "" && outs[i].state != stateOK {
+				stopped[k] = true
+			}
+		}
+	}
+}
+
+// checkOvertaken finds, per key, a row that failed while a later row of
+// its key in the same pipelined segment was confirmed: the broker refused
+// k (a nack from a queue at its length limit, a return) and took k+1, so
+// the key's order broke on the broker. Nothing can undo it; count it and
+// say which rows, so an operator can see it and choose strict_ordering.
+func (w *worker) checkOvertaken(rows []claimed, seg []int, outs []outcome) {
+	failedAt := map[string]int{}
+	for _, i := range seg {
+		k := rows[i].key
+		if k == "" {
+			continue
+		}
+		if f, ok := failedAt[k]; ok {
+			if outs[i].state == stateOK {
+				w.r.m.overtaken.Inc()
+				w.log.Error("ordering broken by the broker: a later row of the key was confirmed after an earlier one failed",
+					"ordering_key", k, "failed_id", rows[f].id, "failed_reason", outs[f].reason, "confirmed_id", rows[i].id)
+			}
+			continue
+		}
+		if outs[i].state == stateFailed {
+			failedAt[k] = i
+		}
+	}
+}
+
+// settleLost decides the rows whose confirm was lost with their channel.
+// When the connection survived (the broker closed only the channel, over
+// one message), each is published again alone on a fresh channel, so only
+// the culprit is charged. When the connection died, a lone row is charged
+// (it was the only one in flight) and several are suspected.
+func (w *worker) settleLost(ctx context.Context, rows []claimed, msgs []amqp.Publishing, sent, lost []int, outs []outcome) error {
+	if len(lost) == 0 {
+		return nil
+	}
+	if !w.r.broker.connected() {
+		return w.connectionLost(rows, sent, lost, outs)
+	}
 	for _, i := range lost {
 		again, err := w.send(ctx, rows, msgs, []int{i}, outs)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if len(again) > 0 {
 			if !w.r.broker.connected() {
-				break // the connection went: release the rest untouched
+				return w.connectionLost(rows, []int{i}, again, outs)
 			}
-			outs[i] = failed(reasonChannelClosed, "broker closed the channel: %s", w.closeReason())
+			outs[i] = failed(reasonChannelClosed, "broker closed the channel while this row was published alone: %s", w.closeReason())
 		}
 	}
-	return outs, nil
+	return nil
+}
+
+// connectionLost records the outcome of rows in flight when the connection
+// died and returns errConnectionLost.
+func (w *worker) connectionLost(rows []claimed, sent, lost []int, outs []outcome) error {
+	reason := w.r.broker.lastCloseReason()
+	if len(sent) == 1 && len(lost) == 1 && !reason.outage {
+		i := lost[0]
+		outs[i] = failed(reasonConnectionLost, "the broker connection died while this row was published alone: %s", reason.text)
+		return errConnectionLost
+	}
+	for _, i := range lost {
+		outs[i] = outcome{state: stateSuspected}
+	}
+	return errConnectionLost
 }
 
 // send publishes rows[todo] pipelined on the worker's channel and waits for
@@ -265,9 +466,9 @@ func (w *worker) send(ctx context.Context, rows []claimed, msgs []amqp.Publishin
 	if len(todo) == 0 {
 		return nil, nil
 	}
-	ch, err := w.channel(ctx)
+	ch, err := w.channel()
 	if err != nil {
-		return nil, err // nothing sent yet: rows stay pending
+		return append(lost, todo...), nil // nothing sent: judged as lost with the connection
 	}
 	type inflight struct {
 		i  int
@@ -360,13 +561,15 @@ func failed(reason, format string, args ...any) outcome {
 	return outcome{state: stateFailed, reason: reason, msg: fmt.Sprintf(format, args...)}
 }
 
-// channel returns the worker's open confirm channel, opening one if needed.
-func (w *worker) channel(ctx context.Context) (*amqp.Channel, error) {
+// channel returns the worker's open confirm channel, opening one on the
+// current connection if needed. It never waits for a connection: a batch
+// holds a transaction, which must not outlive the broker.
+func (w *worker) channel() (*amqp.Channel, error) {
 	if w.ch != nil && !w.ch.IsClosed() {
 		return w.ch, nil
 	}
 	w.closeChannel()
-	ch, err := w.r.broker.channel(ctx)
+	ch, err := w.r.broker.channel()
 	if err != nil {
 		return nil, err
 	}
@@ -396,3 +599,4 @@ func (w *worker) closeChannel() {
 	}
 	w.ch, w.returns, w.closed = nil, nil, nil
 }
+
