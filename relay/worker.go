@@ -599,4 +599,3 @@ func (w *worker) closeChannel() {
 	}
 	w.ch, w.returns, w.closed = nil, nil, nil
 }
-
