@@ -3,16 +3,20 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"math"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
 
 	"github.com/outboxrelay/outboxrelay/internal/redact"
-	"github.com/spf13/viper"
 )
 
 // Config is everything `relay run` needs. Zero values never reach the
@@ -36,6 +40,8 @@ type Config struct {
 	LogLevel        string
 	LogFormat       string
 	OrderingPolicy  string
+	StrictOrdering  bool
+	MaxBatchBytes   int64
 	RescanInterval  time.Duration
 	Retention       time.Duration
 	RetentionEvery  time.Duration
@@ -54,11 +60,11 @@ type key struct {
 }
 
 var keys = []key{
-	{"database_url", "", "PostgreSQL URL (postgres://user:pass@host:port/db); required", func(c *Config, s string) error {
+	{"database_url", "", "PostgreSQL URL (postgres://user:pass@host:port/db) or key=value DSN (host=db user=app ...); required", func(c *Config, s string) error {
 		if s == "" {
 			return nil // required-ness depends on the command: see Load
 		}
-		if err := checkPostgresURL(s); err != nil {
+		if err := checkPostgres(s); err != nil {
 			return err
 		}
 		c.DatabaseURL = s
@@ -66,14 +72,19 @@ var keys = []key{
 	}},
 	{"amqp_url", "", "RabbitMQ URL(s), comma-separated for a failover list; required", func(c *Config, s string) error {
 		c.AMQPURLs = nil
-		for _, part := range strings.Split(s, ",") {
+		parts := strings.Split(s, ",")
+		for i, part := range parts {
 			part = strings.TrimSpace(part)
 			if part == "" {
 				continue
 			}
-			u, err := url.Parse(part)
-			if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
-				return fmt.Errorf("must be amqp:// or amqps:// URLs with a host, got %s", Redact(part))
+			// The whole list is shown, redacted as one value: a part cut
+			// at a comma inside a password would not be recognised as one.
+			if err := checkURL(part, "amqp", "amqps"); err != nil {
+				if len(parts) > 1 {
+					err = fmt.Errorf("URL %d of %d %w", i+1, len(parts), err)
+				}
+				return fmt.Errorf("%w, got %s", err, shown(s))
 			}
 			c.AMQPURLs = append(c.AMQPURLs, part)
 		}
@@ -96,6 +107,8 @@ var keys = []key{
 	{"max_payload_bytes", "16777216", "payloads larger than this are failed without publishing (keep at or below the broker's max_message_size)", intIn(1, 512<<20, func(c *Config, v int) { c.MaxPayloadBytes = v })},
 	{"shutdown_timeout", "10s", "on SIGTERM, how long in-flight batches may take to finish before they are abandoned", durationIn(0, time.Hour, func(c *Config, v time.Duration) { c.ShutdownTimeout = v })},
 	{"ordering_policy", "block", "while an earlier row of a key is dead: block the key's later rows (until requeued or discarded) or skip past it", oneOf([]string{"block", "skip"}, func(c *Config, v string) { c.OrderingPolicy = v })},
+	{"strict_ordering", "false", "true: at most one unconfirmed row per ordering key (other keys stay pipelined), so a broker that refuses a row can never accept the key's next row first; false: a key's run is pipelined and such an overtake is counted (outboxrelay_relay_ordering_overtaken_total)", oneOf([]string{"false", "true"}, func(c *Config, v string) { c.StrictOrdering = v == "true" })},
+	{"max_batch_bytes", "0", "payload bytes one batch may load; the relay's memory follows it (0: 64 MiB or max_payload_bytes if larger)", intIn(0, 1<<40, func(c *Config, v int) { c.MaxBatchBytes = int64(v) })},
 	{"rescan_interval", "1s", "while draining a backlog, how often a claim starts from the beginning of the table (finds rows committed late below the cursor)", durationIn(10*time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.RescanInterval = v })},
 	{"retention", "168h", "delete published rows older than this (0 keeps them forever); dead and pending rows are never deleted", durationIn(0, 100*365*24*time.Hour, func(c *Config, v time.Duration) { c.Retention = v })},
 	{"retention_interval", "1m", "how often retention runs (one relay at a time)", durationIn(10*time.Millisecond, 24*time.Hour, func(c *Config, v time.Duration) { c.RetentionEvery = v })},
@@ -105,7 +118,7 @@ var keys = []key{
 			c.ListenURL = ""
 			return nil
 		}
-		if err := checkPostgresURL(s); err != nil {
+		if err := checkPostgres(s); err != nil {
 			return err
 		}
 		c.ListenURL = s
@@ -180,7 +193,10 @@ func Load(fs *pflag.FlagSet, environ []string, required ...string) (Config, erro
 			}
 		}
 		if err := k.apply(&c, strings.TrimSpace(raw)); err != nil {
-			return Config{}, fmt.Errorf("config: %s (from %s): %w", k.name, source, err)
+			// Every message already shows values through shown(); this
+			// also catches a library error (pgconn) quoting the value.
+			msg := redact.Scrub(err.Error(), redact.Secrets(raw))
+			return Config{}, fmt.Errorf("config: %s (from %s): %s", k.name, source, oneLine(errors.New(msg)))
 		}
 	}
 	for _, k := range required {
@@ -232,7 +248,7 @@ func intIn(lo, hi int, set func(*Config, int)) func(*Config, string) error {
 		if err != nil {
 			f, ferr := strconv.ParseFloat(s, 64) // YAML may hand us 500.0
 			if ferr != nil || f != math.Trunc(f) {
-				return fmt.Errorf("must be a whole number, got %q", s)
+				return fmt.Errorf("must be a whole number, got %s", shown(s))
 			}
 			n = int64(f)
 		}
@@ -248,7 +264,7 @@ func durationIn(lo, hi time.Duration, set func(*Config, time.Duration)) func(*Co
 	return func(c *Config, s string) error {
 		d, err := time.ParseDuration(s)
 		if err != nil {
-			return fmt.Errorf("must be a duration such as 500ms or 2s, got %q", s)
+			return fmt.Errorf("must be a duration such as 500ms or 2s, got %s", shown(s))
 		}
 		if d < lo || d > hi {
 			return fmt.Errorf("must be between %s and %s, got %s", lo, hi, d)
@@ -267,21 +283,82 @@ func oneOf(allowed []string, set func(*Config, string)) func(*Config, string) er
 				return nil
 			}
 		}
-		return fmt.Errorf("must be one of %s, got %q", strings.Join(allowed, ", "), s)
+		return fmt.Errorf("must be one of %s, got %s", strings.Join(allowed, ", "), shown(s))
 	}
 }
 
-func checkPostgresURL(s string) error {
-	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || (u.Host == "" && !u.Query().Has("host")) {
-		return fmt.Errorf("must be a postgres:// URL with a host, got %s", Redact(s))
+// checkPostgres accepts what pgx accepts: a postgres:// URL or a key=value
+// DSN. pgconn parses it here, so that a bad port or sslmode stops the
+// binary at start like any other configuration error (its message is
+// scrubbed by Load).
+func checkPostgres(s string) error {
+	if schemeOf(s) != "" {
+		if err := checkURL(s, "postgres", "postgresql"); err != nil {
+			return fmt.Errorf("%w, got %s", err, shown(s))
+		}
+	} else if !strings.Contains(s, "=") {
+		return fmt.Errorf("must be a postgres:// URL or a key=value DSN, got %s", shown(s))
+	}
+	if _, err := pgconn.ParseConfig(s); err != nil {
+		return err
 	}
 	return nil
 }
 
-// Redact returns rawURL with any password replaced, safe to log. A value
-// that does not parse as a URL is replaced whole, since it may be a secret.
-func Redact(rawURL string) string { return redact.URL(rawURL) }
+// checkURL checks that s is a URL with one of schemes and a host, and that
+// its user info ends before the host: an unencoded '/' in a password puts
+// the rest of it in the path, and the client would dial the password as a
+// port.
+func checkURL(s string, schemes ...string) error {
+	want := "must be a URL with a host (" + strings.Join(schemes, ":// or ") + "://)"
+	u, err := url.Parse(s)
+	if err != nil || !slices.Contains(schemes, u.Scheme) || (u.Host == "" && !u.Query().Has("host")) {
+		return errors.New(want)
+	}
+	if strings.Contains(u.Path, "@") {
+		return errors.New("has an '@' after the host: percent-encode '/', '?', '#' and '@' in the user name and password")
+	}
+	return nil
+}
+
+func schemeOf(s string) string {
+	scheme, _, ok := strings.Cut(s, "://")
+	if !ok || strings.ContainsAny(scheme, " =/") {
+		return ""
+	}
+	return scheme
+}
+
+// shown renders a configuration value for an error message: passwords
+// masked, control characters escaped, on one line.
+func shown(s string) string { return strconv.Quote(redact.Value(s)) }
+
+// Redact returns s with every password masked, safe to print: URLs, lists
+// of URLs, key=value DSNs and user:pass@host (see internal/redact).
+func Redact(s string) string { return redact.Value(s) }
+
+// Secrets lists the passwords held in the configuration, in every form a
+// library may echo them, for scrubbing logs and errors.
+func (c Config) Secrets() []string {
+	var out []string
+	for _, v := range append([]string{c.DatabaseURL, c.ListenURL, c.HTTPAddr}, c.AMQPURLs...) {
+		out = append(out, redact.Secrets(v)...)
+	}
+	return out
+}
+
+// NewLogger returns the logger the configuration asks for (log_level,
+// log_format), writing to w, with the configuration's passwords scrubbed
+// from every line.
+func (c Config) NewLogger(w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.LogLevel)) // validated by Load; "" is info
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: redact.ReplaceAttr(c.Secrets())}
+	if c.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
 
 // Describe lists each key with its default and help, for `relay help config`.
 func Describe() [][3]string {

@@ -2,18 +2,33 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
-// Acceptance (scale issue): with three relays being SIGKILLed and
-// restarted, 200 keys x 50 rows written by concurrent writers arrive with
-// no ordering violation: for every key, the first arrivals of its message
-// ids come in id order (which the insert trigger makes commit order).
+// Acceptance (scale issue, then keyed-claim issue): with three relays
+// being SIGKILLed and restarted, rows written by concurrent writers arrive
+// with no ordering violation: for every key, the first arrivals of its
+// message ids come in id order (which the insert trigger makes commit
+// order). Three shapes: many keys with short queues, and 20 keys and one
+// key with deep queues, where each claim takes a run of a key's rows and
+// publishes it pipelined. Half the rows are written before the relays
+// start, so every key begins with a backlog; the rest arrive while they
+// drain.
 func TestOrderingPerKeyWithThreeRelaysAndKills(t *testing.T) {
 	t.Parallel()
+	for _, shape := range []struct{ keys, perKey int }{{200, 50}, {20, 400}, {1, 4000}} {
+		t.Run(fmt.Sprintf("keys=%d", shape.keys), func(t *testing.T) {
+			t.Parallel()
+			orderingUnderKills(t, shape.keys, shape.perKey)
+		})
+	}
+}
+
+func orderingUnderKills(t *testing.T, keys, perKey int) {
 	env := testenv.Services(t)
 	dsn := testenv.NewSchema(t, true)
 	pool := testenv.Pool(t, dsn)
@@ -21,7 +36,9 @@ func TestOrderingPerKeyWithThreeRelaysAndKills(t *testing.T) {
 	queue := testenv.Queue(t, ch, true)
 	ctx := context.Background()
 
-	const keys, perKey = 200, 50
+	// The backlog: half of every key, from four writers at once.
+	testenv.WriteKeyed(t, pool, queue, keys, perKey/2, 4, 50, time.Millisecond)
+
 	relayEnv := []string{"RELAY_DATABASE_URL=" + dsn, "RELAY_AMQP_URL=" + env.AMQPURL,
 		"RELAY_BATCH_SIZE=100", "RELAY_POLL_INTERVAL=100ms", "RELAY_RECONNECT_MAX=500ms"}
 	relays := []*testenv.RelayProc{startRelay(t, relayEnv...), startRelay(t, relayEnv...), startRelay(t, relayEnv...)}
@@ -29,7 +46,7 @@ func TestOrderingPerKeyWithThreeRelaysAndKills(t *testing.T) {
 	// Four writers, transactions of 10 rows, each key written by several
 	// writers at once; a relay is killed every 0.3-1 s meanwhile.
 	stopKills := testenv.KillLoop(relays, 300*time.Millisecond, time.Second)
-	testenv.WriteKeyed(t, pool, queue, keys, perKey, 4, 10, 15*time.Millisecond)
+	testenv.WriteKeyed(t, pool, queue, keys, perKey-perKey/2, 4, 10, 5*time.Millisecond)
 	testenv.WaitPublished(t, pool, 3*time.Minute)
 	kills := stopKills()
 

@@ -52,6 +52,8 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 		MaxPayloadBytes:   cfg.MaxPayloadBytes,
 		ShutdownTimeout:   cfg.ShutdownTimeout,
 		OrderingPolicy:    cfg.OrderingPolicy,
+		StrictOrdering:    cfg.StrictOrdering,
+		MaxBatchBytes:     cfg.MaxBatchBytes,
 		RescanInterval:    cfg.RescanInterval,
 		Retention:         cfg.Retention,
 		RetentionInterval: cfg.RetentionEvery,

@@ -182,16 +182,24 @@ func newBed(b *testing.B, quorum bool) *bed {
 	return d
 }
 
-// fill enqueues n rows for queue (with ordering key key, if not empty),
-// 1,000 per statement, through db (a pool, or an open transaction to make
-// them visible at once on commit).
-func fill(b *testing.B, db outbox.Execer, queue, key string, n int) {
+// fill enqueues n rows for queue, 1,000 per statement, through db (a pool,
+// or an open transaction to make them visible at once on commit). With
+// keys > 0, row i carries ordering key i mod keys, so every key's rows
+// interleave through the whole backlog (the worst shape for a claim that
+// walks the backlog in id order).
+func fill(b *testing.B, db outbox.Execer, queue string, keys, n int) {
 	ctx := context.Background()
 	msgs := make([]outbox.Message, 0, 1000)
+	i := 0
 	for left := n; left > 0; left -= len(msgs) {
 		msgs = msgs[:0]
 		for range min(1000, left) {
-			msgs = append(msgs, outbox.Message{RoutingKey: queue, OrderingKey: key, Payload: payload})
+			m := outbox.Message{RoutingKey: queue, Payload: payload}
+			if keys > 0 {
+				m.OrderingKey = "key-" + strconv.Itoa(i%keys)
+			}
+			msgs = append(msgs, m)
+			i++
 		}
 		if _, err := outbox.Enqueue(ctx, db, msgs...); err != nil {
 			b.Fatal(err)

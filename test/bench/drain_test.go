@@ -21,19 +21,19 @@ type drainResult struct {
 	elapsed                time.Duration
 }
 
-// drain fills n rows (all of ordering key key, if not empty) in one
+// drain fills n rows (over `keys` ordering keys, none if 0) in one
 // transaction while `relays` relay processes wait, commits, and times the
 // drain from the commit to the last row's published_at (both on the
-// database clock).
-func drain(b *testing.B, d *bed, n, relays int, key string) drainResult {
+// database clock). extraEnv configures the relays.
+func drain(b *testing.B, d *bed, n, relays, keys int, extraEnv ...string) drainResult {
 	ctx := context.Background()
-	procs := startRelays(b, relays, relayEnv(d.dsn, d.amqpURL))
+	procs := startRelays(b, relays, relayEnv(d.dsn, d.amqpURL, extraEnv...))
 	tx, err := d.pool.Begin(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	fill(b, tx, d.queue, key, n)
+	fill(b, tx, d.queue, keys, n)
 
 	pids := make([]int, len(procs))
 	for i, p := range procs {
@@ -114,7 +114,7 @@ func drainOnce(b *testing.B, quorum bool, relays int) {
 		d := newBed(b, quorum)
 		raw, rawMQ, rawClient := rawLimit(b, d.amqpURL, d.queue, n)
 		purge(b, d.ch, d.queue)
-		res := drain(b, d, n, relays, "")
+		res := drain(b, d, n, relays, 0)
 		purge(b, d.ch, d.queue)
 		report("drain    %-7s %d relay(s), pass %d/%d: %d rows in %.2fs = %6.0f msg/s | raw broker limit %6.0f msg/s | ratio %.2f",
 			kind, relays, i+1, repeat, n, res.elapsed.Seconds(), res.rate, raw, res.rate/raw)
@@ -175,9 +175,9 @@ func BenchmarkDrainHoldingXmin(b *testing.B) {
 
 		raw, _, _ := rawLimit(b, d.amqpURL, d.queue, n)
 		purge(b, d.ch, d.queue)
-		first := drain(b, d, n, 1, "")
+		first := drain(b, d, n, 1, 0)
 		purge(b, d.ch, d.queue)
-		second := drain(b, d, n, 1, "")
+		second := drain(b, d, n, 1, 0)
 		purge(b, d.ch, d.queue)
 		_ = htx.Rollback(ctx)
 		holder.Release()

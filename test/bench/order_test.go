@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -35,17 +36,58 @@ func BenchmarkOrdering(b *testing.B) {
 	}
 }
 
-// BenchmarkHotKey drains a backlog of one ordering key (2,000 rows) with
-// one relay: a key advances one row per batch cycle, so this is the
-// per-key rate, far below the relay's rate across many keys.
-func BenchmarkHotKey(b *testing.B) {
-	for range b.N {
-		const n = 2000
-		d := newBed(b, true)
-		res := drain(b, d, n, 1, "hot")
-		purge(b, d.ch, d.queue)
-		report("hot key  quorum  1 relay(s): %d rows of one ordering key drained at %.0f msg/s (one row per batch cycle)", n, res.rate)
-		b.ReportMetric(res.rate, "msg/s")
-		b.ReportMetric(0, "ns/op")
+// BenchmarkKeyedDrain drains a backlog where every row carries an
+// ordering key (the common case: the key is the aggregate id), built while
+// the relay was stopped, with 1, 20, 200 and 2,000 keys, beside an unkeyed
+// drain of the same size and the raw broker limit, all in one run on the
+// same queue, with one relay. The unkeyed drain runs before and after the
+// keyed ones and its mean is the reference (the machine's speed drifts).
+// A last drain of one key runs with strict_ordering (one unconfirmed row
+// per key), on fewer rows: it is bounded by one confirm round trip per row.
+//
+// BENCH_KEYED_N sets the backlog (default 50,000), BENCH_STRICT_N the
+// strict drain's (default 5,000).
+func BenchmarkKeyedDrain(b *testing.B) {
+	for _, kind := range queueKinds() {
+		b.Run(kind, func(b *testing.B) {
+			for range b.N {
+				keyedDrainOnce(b, kind == "quorum")
+			}
+		})
 	}
+}
+
+func keyedDrainOnce(b *testing.B, quorum bool) {
+	kind := map[bool]string{true: "quorum", false: "classic"}[quorum]
+	n := envInt("BENCH_KEYED_N", 50_000)
+	d := newBed(b, quorum)
+	raw, _, _ := rawLimit(b, d.amqpURL, d.queue, n)
+	purge(b, d.ch, d.queue)
+	run := func(keys, rows int, env ...string) float64 {
+		d := newBed(b, quorum)
+		res := drain(b, d, rows, 1, keys, env...)
+		purge(b, d.ch, d.queue)
+		return res.rate
+	}
+	before := run(0, n)
+	keyed := map[int]float64{}
+	keyCounts := []int{1, 20, 200, 2000}
+	for _, k := range keyCounts {
+		keyed[k] = run(k, n)
+	}
+	strictN := envInt("BENCH_STRICT_N", 5_000)
+	strict := run(1, strictN, "RELAY_STRICT_ORDERING=true")
+	after := run(0, n)
+	unkeyed := (before + after) / 2
+
+	report("keyed    %-7s 1 relay, %d-row backlog: raw %6.0f msg/s | unkeyed %6.0f msg/s (ratio %.2f; before %.0f, after %.0f)",
+		kind, n, raw, unkeyed, unkeyed/raw, before, after)
+	for _, k := range keyCounts {
+		report("keyed    %-7s %5d key(s): %6.0f msg/s | %.2f of unkeyed | ratio %.2f", kind, k, keyed[k], keyed[k]/unkeyed, keyed[k]/raw)
+		b.ReportMetric(keyed[k]/unkeyed, fmt.Sprintf("keys=%d/unkeyed", k))
+	}
+	report("keyed    %-7s     1 key, strict_ordering, %d rows: %6.0f msg/s | ratio %.2f", kind, strictN, strict, strict/raw)
+	b.ReportMetric(keyed[1]/raw, "keys=1_ratio")
+	b.ReportMetric(strict, "strict_msg/s")
+	b.ReportMetric(0, "ns/op")
 }
