@@ -100,11 +100,14 @@ SET dead_at = now(), last_error = v.reason || ' (parked by migration 00003_row_l
 FROM (
     SELECT id, CASE
         WHEN octet_length(exchange) > 255 THEN
-            format('bad_property: exchange: %s bytes, over the 255-byte limit of an AMQP short string', octet_length(exchange))
+            format('bad_property: exchange: %s bytes, over the 255-byte limit of an AMQP short string',
+                   to_char(octet_length(exchange), 'FM999,999,990'))
         WHEN octet_length(routing_key) > 255 THEN
-            format('bad_property: routing_key: %s bytes, over the 255-byte limit of an AMQP short string', octet_length(routing_key))
+            format('bad_property: routing_key: %s bytes, over the 255-byte limit of an AMQP short string',
+                   to_char(octet_length(routing_key), 'FM999,999,990'))
         WHEN octet_length(content_type) > 255 THEN
-            format('bad_property: content_type: %s bytes, over the 255-byte limit of an AMQP short string', octet_length(content_type))
+            format('bad_property: content_type: %s bytes, over the 255-byte limit of an AMQP short string',
+                   to_char(octet_length(content_type), 'FM999,999,990'))
         WHEN exchange ~ '[\x01-\x1f\x7f]' THEN 'bad_property: exchange: holds a control character'
         WHEN routing_key ~ '[\x01-\x1f\x7f]' THEN 'bad_property: routing_key: holds a control character'
         WHEN content_type ~ '[\x01-\x1f\x7f]' THEN 'bad_property: content_type: holds a control character'
@@ -119,7 +122,7 @@ FROM (
             'bad_headers: headers: a number is out of the range of a double'
         WHEN outbox_headers_amqp_size(headers) > 129724 THEN
             format('too_large: headers: the header table is %s bytes, over the 129,724-byte budget for frame_max 131,072',
-                   outbox_headers_amqp_size(headers))
+                   to_char(outbox_headers_amqp_size(headers), 'FM999,999,999,990'))
         END AS reason
     FROM outbox
     WHERE published_at IS NULL AND dead_at IS NULL

@@ -6,3 +6,11 @@ func HeaderTableSize(raw []byte) (int, error) {
 	_, size, _, err := decodeTree(raw)
 	return size, err
 }
+
+// Header document builders shared with the database tests.
+var (
+	Nested       = nested
+	WideArray    = wideArray
+	WideObject   = wideObject
+	StringOfSize = stringOfSize
+)
