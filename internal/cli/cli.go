@@ -11,11 +11,14 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/spf13/pflag"
 
 	"github.com/outboxrelay/outboxrelay/config"
+	"github.com/outboxrelay/outboxrelay/internal/redact"
 )
 
 // Version is set at build time with -ldflags "-X .../internal/cli.Version=v1.2.3".
@@ -39,7 +42,30 @@ type command struct {
 // env is what a command may touch besides its configuration.
 type env struct {
 	stdout, stderr io.Writer
-	log            *slog.Logger
+	log            *slog.Logger // scrubs secrets itself (config.NewLogger)
+	secrets        []string     // the configuration's passwords, for text
+}
+
+// text renders err for a line of text output: the configuration's
+// passwords masked (a library error may quote the connection string), and
+// control characters escaped.
+func (e *env) text(err error) string {
+	return printable(redact.Scrub(err.Error(), e.secrets))
+}
+
+// printable returns s as is when every character is printable, and
+// otherwise quoted with Go's escapes (strconv.Quote). Text output shows
+// values that anyone who can insert a row chose (routing keys, exchanges,
+// last_error): a terminal escape in one must not rewrite the operator's
+// screen, and a newline must not forge a line. JSON output needs none of
+// this: the encoder escapes.
+func printable(s string) string {
+	for _, r := range s {
+		if r == utf8.RuneError || !strconv.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 func commands() []command {
@@ -91,17 +117,17 @@ func Main(ctx context.Context, args []string, environ []string, stdout, stderr i
 		fmt.Fprintf(stderr, "relay: %v\n", err)
 		return exitUsage
 	}
-	e := &env{stdout: stdout, stderr: stderr, log: newLogger(stderr, cfg)}
+	e := &env{stdout: stdout, stderr: stderr, log: cfg.NewLogger(stderr), secrets: cfg.Secrets()}
 	if err := cmd.run(ctx, e, cfg, fs); err != nil {
 		var ue usageError
 		if errors.As(err, &ue) {
-			fmt.Fprintf(stderr, "relay %s: %v\n", cmd.name, err)
+			fmt.Fprintf(stderr, "relay %s: %s\n", cmd.name, e.text(err))
 			return exitUsage
 		}
 		if cmd.name == "run" {
 			e.log.Error("run failed", "err", err) // beside the relay's own structured logs
 		} else {
-			fmt.Fprintf(stderr, "relay %s: %v\n", cmd.name, err)
+			fmt.Fprintf(stderr, "relay %s: %s\n", cmd.name, e.text(err))
 		}
 		return exitFailed
 	}
@@ -118,16 +144,6 @@ func usage(w io.Writer) {
 	for _, k := range config.Describe() {
 		fmt.Fprintf(w, "  %-19s default %-16q %s\n", k[0], k[1], k[2])
 	}
-}
-
-func newLogger(w io.Writer, cfg config.Config) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated by config
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
 // usageError is a mistake in the command's arguments (exit 2).

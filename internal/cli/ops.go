@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/outboxrelay/outboxrelay/config"
+	"github.com/outboxrelay/outboxrelay/internal/redact"
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
@@ -28,7 +29,7 @@ func requeueFlags(fs *pflag.FlagSet) { fs.Bool("all", false, "requeue every dead
 func openPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("database_url: %s", redactErr(err, cfg.DatabaseURL))
+		return nil, fmt.Errorf("database_url: %s", redact.Scrub(err.Error(), cfg.Secrets()))
 	}
 	pc.MaxConns = 2
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
@@ -119,8 +120,8 @@ func runDead(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) 
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "id\tmessage_id\texchange\trouting_key\tattempts\tdead_at\tlast_error")
 	for _, d := range rows {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, d.MessageID, exchangeName(d.Exchange), d.RoutingKey,
-			d.Attempts, d.DeadAt.UTC().Format(time.RFC3339), oneLine(d.LastError))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, printable(d.MessageID), exchangeName(d.Exchange),
+			printable(d.RoutingKey), d.Attempts, d.DeadAt.UTC().Format(time.RFC3339), printable(oneLine(d.LastError)))
 	}
 	if len(rows) == limit {
 		fmt.Fprintf(tw, "(first %d shown; --limit for more)\n", limit)
@@ -177,11 +178,12 @@ func listSuffix(ids []int64) string {
 	return ": " + joinInts(ids)
 }
 
+// exchangeName names an exchange for text output.
 func exchangeName(ex string) string {
 	if ex == "" {
 		return "(default)"
 	}
-	return ex
+	return printable(ex)
 }
 
 func age(d time.Duration) string {

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -15,17 +18,22 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/outboxrelay/outboxrelay/config"
+	"github.com/outboxrelay/outboxrelay/internal/backoff"
+	"github.com/outboxrelay/outboxrelay/internal/redact"
+	"github.com/outboxrelay/outboxrelay/migrations"
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
 // runRelay wires the relay and its HTTP endpoints as a run group: each part
-// has a run and a stop, and the shutdown order is visible here. The relay
-// stops first (finishing in-flight batches), then the HTTP server, then the
-// pool.
+// has a run and a stop, and the shutdown order is visible here. The HTTP
+// server starts first, so /healthz answers and /readyz says why while the
+// start check (checkStart) waits for the database; the relay runs once the
+// check passes. The relay stops first (finishing in-flight batches), then
+// the HTTP server, then the pool.
 func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) error {
 	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return fmt.Errorf("database_url: %s", redactErr(err, cfg.DatabaseURL))
+		return fmt.Errorf("database_url: %s", redact.Scrub(err.Error(), cfg.Secrets()))
 	}
 	poolCfg.MaxConns = int32(cfg.Workers + 4)
 	reg := prometheus.NewRegistry()
@@ -67,41 +75,136 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 		return err
 	}
 
-	var srv *http.Server
+	gate := &startGate{}
+	gate.set("checking the database schema")
 	if cfg.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
 			return fmt.Errorf("http_addr: %w", err)
 		}
-		srv = &http.Server{Handler: handler(r, reg), ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: handler(r, reg, gate, e.secrets), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				e.log.Error("http server failed", "err", err)
 			}
 		}()
+		defer func() { // after the relay has stopped
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
 		e.log.Info("http listening", "addr", ln.Addr().String())
 	}
 
-	runErr := r.Run(ctx) // returns after SIGTERM/SIGINT and in-flight batches
-	if srv != nil {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
+	if err := checkStart(ctx, pool, cfg, e.log, gate); err != nil {
+		return err
 	}
-	return runErr
+	if ctx.Err() != nil {
+		return nil // stopped while waiting for the database: a clean stop
+	}
+	gate.set("")
+	return r.Run(ctx) // returns after SIGTERM/SIGINT and in-flight batches
 }
 
-func handler(r *relay.Relay, reg *prometheus.Registry) http.Handler {
+// startGate holds why the relay is not running yet, for /readyz; empty
+// once the start check has passed.
+type startGate struct {
+	mu     sync.Mutex
+	reason string
+}
+
+func (g *startGate) set(reason string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.reason = reason
+}
+
+func (g *startGate) get() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.reason
+}
+
+// checkStart checks, before the relay claims anything, that the schema is
+// at this binary's version (migrations.Check). A missing or older schema
+// ends the run at once: waiting cannot fix it, `relay migrate` can. A
+// database that refuses the relay for good (wrong password or role,
+// missing database) is retried for relay.StartupGrace, in case it is being
+// set up beside us, and then ends the run, rather than spinning. A
+// database that cannot be reached is waited for, with backoff, until ctx
+// ends: it may be restarting.
+func checkStart(ctx context.Context, pool *pgxpool.Pool, cfg config.Config, log *slog.Logger, gate *startGate) error {
+	wait := backoff.Policy{Base: cfg.ReconnectMin, Max: cfg.ReconnectMax}
+	var refusedSince, loggedAt time.Time
+	var logged string
+	for attempt := 0; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, startCheckTimeout)
+		err := migrations.Check(actx, pool)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, migrations.ErrNotMigrated):
+			return err
+		case refusesForGood(err):
+			if refusedSince.IsZero() {
+				refusedSince = time.Now()
+			}
+			if time.Since(refusedSince) >= relay.StartupGrace {
+				return fmt.Errorf("database refuses the relay (check database_url): %w", err)
+			}
+		default:
+			refusedSince = time.Time{}
+		}
+		delay := wait.Full(attempt)
+		gate.set("waiting for the database: " + err.Error())
+		// The same error at most once per reconnect_max: a database down
+		// for an hour is a few hundred lines, not one per attempt.
+		if msg := err.Error(); msg != logged || time.Since(loggedAt) >= cfg.ReconnectMax {
+			log.Warn("database not ready at start", "err", err, "retry_in", delay)
+			logged, loggedAt = msg, time.Now()
+		}
+		if !backoff.Sleep(ctx.Done(), delay) {
+			return nil
+		}
+	}
+}
+
+// startCheckTimeout bounds one start check, so that a database that
+// accepts TCP and never answers is retried like one that refuses.
+const startCheckTimeout = 10 * time.Second
+
+// refusesForGood reports whether err is the database refusing the relay in
+// a way only an operator can fix: SQLSTATE class 28 (invalid
+// authorization: wrong password, no such role, pg_hba) or 3D (no such
+// database). The relay engine classifies the same classes (relay's
+// asPermanent) for errors while running; this is the start check's view.
+func refusesForGood(err error) bool {
+	var pg *pgconn.PgError
+	if !errors.As(err, &pg) || len(pg.Code) < 2 {
+		return false
+	}
+	class := pg.Code[:2]
+	return class == "28" || class == "3D"
+}
+
+func handler(r *relay.Relay, reg *prometheus.Registry, gate *startGate, secrets []string) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, req *http.Request) {
+		if reason := gate.get(); reason != "" {
+			http.Error(w, "not ready: starting: "+redact.Scrub(reason, secrets), http.StatusServiceUnavailable)
+			return
+		}
 		ctx, cancel := context.WithTimeout(req.Context(), 2*time.Second)
 		defer cancel()
 		if err := r.Ready(ctx); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			http.Error(w, "not ready: "+redact.Scrub(err.Error(), secrets), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
