@@ -5,12 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/internal/redact"
 )
 
 // DB is what the consumer needs of the database; *pgxpool.Pool satisfies
@@ -30,12 +36,16 @@ type Config struct {
 	// "<Queue>.retry.<delay>" and its dead-letter queue "<Queue>.dead".
 	Queue string
 	// Name is the consumer name, the inbox table's consumer column
-	// (required). Consumers with different names each apply every message
-	// once; instances sharing a name share the work.
+	// (required, at most 255 bytes: it travels in dead-letter headers).
+	// Consumers with different names each apply every message once;
+	// instances sharing a name share the work.
 	Name string
 	// DB reaches the database holding the inbox table (required).
 	DB DB
-	// AMQPURLs is the broker failover list, tried in turn (required).
+	// AMQPURLs is the broker failover list, tried in turn (required):
+	// amqp:// or amqps:// URLs, checked by New. Reserved characters in a
+	// user name or password must be percent-encoded. Logs and errors name
+	// a broker by host or by index in this list, never with its password.
 	AMQPURLs []string
 	// Handler applies a message (required).
 	Handler Handler
@@ -73,6 +83,20 @@ type Config struct {
 	RetentionWindow   time.Duration
 	RetentionInterval time.Duration
 	RetentionBatch    int
+
+	// IsolationPeriod is how long the consumer takes messages one at a time
+	// after losing its connection while subscribed (default 1m; negative
+	// disables isolation). A delivery the client cannot read (a header
+	// array over 8,192 elements, say) closes the connection before the
+	// consumer sees it, and the broker returns every unacked message to
+	// the queue, each charged one delivery. With prefetch 1 only the
+	// culprit is in flight when it strikes again, so the queue's delivery
+	// limit (see Topology.DeliveryLimit) dead-letters it alone, not the
+	// innocent messages prefetched beside it. Prefetch goes back to normal
+	// once a subscription has lasted IsolationPeriod without a loss. A
+	// loss the broker announces as deliberate (CONNECTION_FORCED: a
+	// shutdown or an operator closing the connection) does not isolate.
+	IsolationPeriod time.Duration
 
 	// ReconnectMin and ReconnectMax shape the reconnect backoff (defaults
 	// 100ms and 15s, full jitter).
@@ -123,6 +147,7 @@ func (c *Config) setDefaults() {
 	def(&c.HandlerTimeout, 30*time.Second)
 	def(&c.ConfirmTimeout, 30*time.Second)
 	def(&c.BreakerCooldown, 30*time.Second)
+	def(&c.IsolationPeriod, time.Minute)
 	def(&c.RetentionWindow, 7*24*time.Hour)
 	def(&c.RetentionInterval, time.Hour)
 	def(&c.ReconnectMin, 100*time.Millisecond)
@@ -140,6 +165,10 @@ func (c *Config) setDefaults() {
 // maxQueueName is AMQP's limit on a queue name (a short string).
 const maxQueueName = 255
 
+// maxName bounds Config.Name, which every dead-letter copy carries: a
+// huge one would leave no room in the frame for the message's headers.
+const maxName = 255
+
 func (c *Config) validate() error {
 	switch {
 	case c.Queue == "":
@@ -148,6 +177,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("inbox: Config.Queue is too long (%d bytes): its retry queue names would exceed %d", len(c.Queue), maxQueueName)
 	case c.Name == "":
 		return errors.New("inbox: Config.Name is required")
+	case len(c.Name) > maxName:
+		return fmt.Errorf("inbox: Config.Name is too long (%d bytes, at most %d)", len(c.Name), maxName)
 	case c.DB == nil:
 		return errors.New("inbox: Config.DB is required")
 	case len(c.AMQPURLs) == 0:
@@ -164,13 +195,13 @@ func (c *Config) validate() error {
 		return errors.New("inbox: Config.RetentionBatch must not be negative")
 	case c.HandlerTimeout < 0, c.ConfirmTimeout < 0, c.BreakerCooldown < 0, c.RetentionInterval < 0,
 		c.ReconnectMin < 0, c.Heartbeat < 0:
-		return errors.New("inbox: durations in Config must not be negative (only BreakerThreshold and RetentionWindow use negative to disable)")
+		return errors.New("inbox: durations in Config must not be negative (only BreakerThreshold, RetentionWindow and IsolationPeriod use negative to disable)")
 	case c.ReconnectMax < c.ReconnectMin:
 		return errors.New("inbox: Config.ReconnectMax is below ReconnectMin")
 	}
 	for i, a := range c.AMQPURLs {
-		if a == "" {
-			return fmt.Errorf("inbox: Config.AMQPURLs[%d] is empty", i)
+		if err := checkAMQPURL(a); err != nil {
+			return fmt.Errorf("inbox: Config.AMQPURLs[%d] %w", i, err)
 		}
 	}
 	for i, d := range c.RetryDelays {
@@ -185,4 +216,30 @@ func (c *Config) validate() error {
 func (c *Config) retryDelay(attempt int) time.Duration {
 	i := min(max(attempt-1, 0), len(c.RetryDelays)-1)
 	return c.RetryDelays[i]
+}
+
+// checkAMQPURL says what is wrong with an AMQP URL. It quotes the URL
+// only through redact.Value, which masks a password in every form a
+// malformed URL may carry it (a forgotten scheme makes "user:secret@host"
+// parse as scheme "user"), and never passes on the parsers' own errors,
+// which quote the input raw.
+func checkAMQPURL(raw string) error {
+	if raw == "" {
+		return errors.New("is empty")
+	}
+	shown := redact.Value(raw)
+	if strings.IndexFunc(raw, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return fmt.Errorf("%q contains white space or control characters", shown)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%q is not a valid URL (percent-encode reserved characters in the user name and password)", shown)
+	}
+	if u.Scheme != "amqp" && u.Scheme != "amqps" {
+		return fmt.Errorf("%q must start with amqp:// or amqps://", shown)
+	}
+	if _, err := amqp.ParseURI(raw); err != nil {
+		return fmt.Errorf("%q is not a valid AMQP URL (check the port and the query parameters)", shown)
+	}
+	return nil
 }

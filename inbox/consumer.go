@@ -24,12 +24,18 @@ type Consumer struct {
 	br      *breaker
 	dial    backoff.Policy
 	running atomic.Bool
+	secrets []string // the passwords in AMQPURLs, scrubbed from logged errors
 
 	mu     sync.Mutex
 	status string // why not consuming; "" while consuming
+
+	// isolated: consume with prefetch 1 (see Config.IsolationPeriod). Only
+	// Run's goroutine touches it.
+	isolated bool
 }
 
-// New checks cfg and builds a Consumer. It does no I/O.
+// New checks cfg and builds a Consumer. It does no I/O. Its errors and the
+// consumer's logs never show a password from Config.AMQPURLs.
 func New(cfg Config) (*Consumer, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
@@ -41,6 +47,9 @@ func New(cfg Config) (*Consumer, error) {
 		m:      newMetrics(cfg.Registerer, cfg.Name),
 		dial:   backoff.Policy{Base: cfg.ReconnectMin, Max: cfg.ReconnectMax},
 		status: "not started",
+	}
+	for _, u := range cfg.AMQPURLs {
+		c.secrets = append(c.secrets, redact.Secrets(u)...)
 	}
 	c.br = newBreaker(cfg.BreakerThreshold, c.breakerChanged)
 	return c, nil
@@ -75,7 +84,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if err != nil {
 			c.m.dialFailures.Inc()
 			delay := c.dial.Full(failures)
-			c.log.Warn("broker dial failed", "broker", redact.Host(u), "err", err, "retry_in", delay)
+			c.log.Warn("broker dial failed", "broker", redact.Host(u), "err", c.scrub(err), "retry_in", delay)
 			failures++
 			next++
 			backoff.Sleep(ctx.Done(), delay)
@@ -88,11 +97,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 			break
 		}
 		c.m.reconnects.Inc()
+		if suspectLoss(err) && c.cfg.IsolationPeriod > 0 && c.cfg.Prefetch > 1 {
+			c.setIsolated(true)
+		}
 		if consumed {
 			failures = 0
 		}
 		delay := c.dial.Full(failures)
-		c.log.Warn("broker connection lost", "broker", redact.Host(u), "err", err, "retry_in", delay)
+		c.log.Warn("broker connection lost", "broker", redact.Host(u), "err", c.scrub(err), "retry_in", delay)
 		failures++
 		next++ // a node that just failed is likely still down: try the next one first
 		backoff.Sleep(ctx.Done(), delay)
@@ -101,6 +113,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 	wg.Wait()
 	c.log.Info("inbox consumer stopped")
 	return nil
+}
+
+// scrub is err's text without the URLs' passwords. The URLs were checked by
+// New, so the client has no reason to quote one; this is the belt to that
+// braces, for the errors it logs.
+func (c *Consumer) scrub(err error) string {
+	if err == nil {
+		return ""
+	}
+	return redact.Scrub(err.Error(), c.secrets)
 }
 
 // Ready returns nil while the consumer is subscribed and receiving, and an
@@ -158,14 +180,28 @@ func (c *Consumer) serve(ctx context.Context, conn *amqp.Connection) (bool, erro
 		if err := c.cooldown(ctx, connClosed); err != nil {
 			return consumed, err
 		}
-		ok, err := c.subscribe(ctx, conn, connClosed)
+		ok, live, err := c.subscribe(ctx, conn, connClosed)
 		consumed = consumed || ok
 		switch {
 		case ctx.Err() != nil:
 			return consumed, nil
 		case conn.IsClosed() || errors.Is(err, errConnectionLost):
+			// subscribe may have seen the channel close (or its deliveries
+			// end) before the connection's notification, which then says
+			// why.
+			if !errors.Is(err, errConnectionLost) {
+				select {
+				case e := <-connClosed:
+					err = errors.Join(connErr(e), err)
+				default:
+				}
+			}
+			if live {
+				// Perhaps a delivery the client could not read (see Run).
+				err = errors.Join(errLostConsuming, err)
+			}
 			return consumed, err
-		case errors.Is(err, errPaused):
+		case errors.Is(err, errWiden):
 			failures = 0
 			continue
 		}
@@ -211,9 +247,41 @@ func (c *Consumer) cooldown(ctx context.Context, connClosed <-chan *amqp.Error) 
 
 var (
 	errConnectionLost = errors.New("inbox: connection lost")
-	errPaused         = errors.New("inbox: paused by the circuit breaker")
+	errLostConsuming  = errors.New("inbox: connection lost while consuming")
+	errWiden          = errors.New("inbox: isolation over: subscribing with the normal prefetch")
 	errCancelled      = errors.New("inbox: consumer cancelled by the broker")
 )
+
+// suspectLoss reports whether a lost connection may have been caused by a
+// delivery: it died under a live subscription, and not because the broker
+// closed it on purpose (CONNECTION_FORCED: shutdown, an operator). A
+// delivery the client cannot read ends the connection with a client-side
+// FRAME_ERROR, which a network failure also gives; the two cannot be told
+// apart, so both isolate, which costs only throughput for a while.
+func suspectLoss(err error) bool {
+	var ae *amqp.Error
+	if errors.As(err, &ae) && ae.Server && ae.Code == amqp.ConnectionForced {
+		return false
+	}
+	return errors.Is(err, errLostConsuming)
+}
+
+// setIsolated switches isolation (prefetch 1) on or off; see
+// Config.IsolationPeriod.
+func (c *Consumer) setIsolated(on bool) {
+	if on == c.isolated {
+		return
+	}
+	c.isolated = on
+	c.m.isolated.Set(boolFloat(on))
+	if on {
+		c.m.isolations.Inc()
+		c.log.Warn("connection lost while consuming: taking messages one at a time, so that a delivery breaking the connection is charged alone",
+			"period", c.cfg.IsolationPeriod)
+		return
+	}
+	c.log.Info("no connection lost during the isolation period: normal prefetch again", "prefetch", c.cfg.Prefetch)
+}
 
 func connErr(e *amqp.Error) error {
 	if e == nil {

@@ -26,9 +26,45 @@
 //     no other message. After MaxAttempts attempts, or at once for a
 //     permanent error, the message goes to "<queue>.dead" with headers that
 //     say why (see the Header constants).
+//   - The x-inbox-* headers are trusted only on a delivery that came back
+//     from one of this consumer's retry queues (the broker's x-death says
+//     its last death was an expiry there, and it arrived through the
+//     default exchange with the queue's name as routing key). On any other
+//     delivery they are removed before the handler sees the message, and
+//     it starts at attempt 1: a publisher setting x-inbox-attempts=999
+//     cannot send a message straight to the dead-letter queue. (RabbitMQ
+//     before 3.13 keeps an x-death header a publisher sets, so one who
+//     forges x-death as well is not stopped.)
+//   - A message never makes the consumer loop on a copy the broker cannot
+//     take. Properties and headers travel in one frame, which must not
+//     exceed the connection's negotiated frame_max; a frame too large
+//     makes RabbitMQ close the connection. A retry copy that would not fit
+//     (with 4 KiB left for what the broker adds when it dead-letters it
+//     back) is dead-lettered instead, with reason headers_too_large; a
+//     dead-letter copy that would not fit loses its largest original
+//     headers, never the x-inbox-* ones, and HeaderTrimmed lists what was
+//     removed.
+//   - A delivery that breaks the connection is isolated. A message the
+//     client cannot read (a header array over 8,192 elements, say)
+//     closes the connection before the consumer sees it, and the broker returns every unacked message, each charged
+//     one delivery. After a connection lost while consuming, the consumer
+//     takes messages one at a time (prefetch 1) for IsolationPeriod, so
+//     the culprit is alone in flight each time it strikes again, and the
+//     main queue's delivery limit (x-delivery-limit, on by default in
+//     DeclareTopology: DefaultDeliveryLimit) moves it to "<queue>.dead"
+//     without the messages that were prefetched beside it. Such a message
+//     costs at most the delivery limit in reconnects; it reaches the
+//     dead-letter queue as it was, without x-inbox-* headers (its x-death
+//     says delivery_limit), and an amqp091-go client cannot read it there
+//     either: inspect it with the management UI or API.
 //   - After BreakerThreshold consecutive transient failures the consumer
-//     stops pulling messages for BreakerCooldown, then lets one message
-//     through as a trial before resuming fully.
+//     stops handling messages for BreakerCooldown, then lets one message
+//     through as a trial before resuming fully. It keeps its subscription
+//     and the messages already prefetched meanwhile: returning them would
+//     charge each a delivery against the delivery limit at every pause,
+//     and a long outage would dead-letter them.
+//   - The passwords in AMQPURLs never appear in New's errors or in the
+//     consumer's logs, which name a broker by host.
 //
 // The consumer owns its connection (it does not use the client's
 // experimental recovery): it dials the URL list in turn with jittered

@@ -186,9 +186,20 @@ func FuzzAttemptsHeader(f *testing.F) {
 			if n < 0 || n > maxAttemptsHeader {
 				t.Fatalf("attemptsOf(%#v) = %d, out of range", v, n)
 			}
-			m := newMessage(amqp.Delivery{MessageId: "x", Headers: amqp.Table{HeaderAttempts: v}})
-			if m.Attempt != n+1 {
+			// Trusted only from a retry queue; from anywhere else the
+			// header is a publisher's and the message is on its first
+			// attempt, whatever it says.
+			back := fromRetry("x", amqp.Table{HeaderAttempts: v})
+			if m := newMessage(back, fromRetryQueue(back, "q")); m.Attempt != n+1 {
 				t.Fatalf("Attempt %d for %d attempts", m.Attempt, n)
+			}
+			forged := amqp.Delivery{MessageId: "x", RoutingKey: "q", Headers: amqp.Table{HeaderAttempts: v, HeaderOriginalRoutingKey: s}}
+			m := newMessage(forged, fromRetryQueue(forged, "q"))
+			if m.Attempt != 1 || m.RoutingKey != "q" {
+				t.Fatalf("forged %#v: attempt %d, routing key %q; want 1 and q", v, m.Attempt, m.RoutingKey)
+			}
+			if _, ok := m.Headers[HeaderAttempts]; ok {
+				t.Fatalf("forged %s shown to the handler", HeaderAttempts)
 			}
 		}
 	})
@@ -201,7 +212,7 @@ func TestCopyKeepsPropertiesAndOriginalRoute(t *testing.T) {
 		CorrelationId: "c", Type: "t", AppId: "a", UserId: "someone", Body: []byte("{}"),
 		Headers: amqp.Table{"traceparent": "00-x", "x-death": []any{}, "x-delivery-count": int64(2)},
 	}
-	p := copyOf(d, amqp.Table{HeaderAttempts: int64(1)})
+	p := copyOf(d, newMessage(d, false), amqp.Table{HeaderAttempts: int64(1)})
 	if p.MessageId != "m1" || p.DeliveryMode != amqp.Persistent || p.CorrelationId != "c" || p.UserId != "" {
 		t.Errorf("properties not kept: %+v", p)
 	}
@@ -212,8 +223,8 @@ func TestCopyKeepsPropertiesAndOriginalRoute(t *testing.T) {
 		t.Errorf("broker header x-death copied")
 	}
 	// A copy of a copy keeps the first route, not the retry queue's.
-	d2 := amqp.Delivery{MessageId: "m1", Exchange: "", RoutingKey: "q", Headers: p.Headers}
-	m := newMessage(d2)
+	d2 := fromRetry("m1", p.Headers)
+	m := newMessage(d2, true)
 	if m.Exchange != "orders" || m.RoutingKey != "order.created" || m.Attempt != 2 {
 		t.Errorf("message after a retry: %+v", m)
 	}
@@ -240,5 +251,108 @@ func TestQueueNames(t *testing.T) {
 	long := "x" + strings.Repeat("é", 600)
 	if got := truncate(long, maxErrorHeader); len(got) > maxErrorHeader+len("…") || !strings.HasSuffix(got, "…") {
 		t.Errorf("truncate: %d bytes", len(got))
+	}
+}
+
+// fromRetry is a delivery of message id coming back from q's 20ms retry
+// queue, as the broker dead-letters it: default exchange, routing key q,
+// x-death first naming the retry queue.
+func fromRetry(id string, h amqp.Table) amqp.Delivery {
+	h2 := amqp.Table{"x-death": []any{amqp.Table{"queue": "q.retry.20ms", "reason": "expired", "count": int64(1)}}}
+	for k, v := range h {
+		h2[k] = v
+	}
+	return amqp.Delivery{MessageId: id, Exchange: "", RoutingKey: "q", Headers: h2}
+}
+
+func TestFromRetryQueue(t *testing.T) {
+	t.Parallel()
+	death := func(queue, reason string) []any {
+		return []any{amqp.Table{"queue": queue, "reason": reason, "count": int64(1)}}
+	}
+	cases := []struct {
+		name     string
+		exchange string
+		key      string
+		xDeath   any
+		want     bool
+	}{
+		{"back from a retry queue", "", "q", death("q.retry.20ms", "expired"), true},
+		{"back from a retry queue of an old delay", "", "q", death("q.retry.7m", "expired"), true},
+		{"no x-death", "", "q", nil, false},
+		{"published to the main queue through an exchange", "orders", "q", death("q.retry.20ms", "expired"), false},
+		{"another routing key", "", "other", death("q.retry.20ms", "expired"), false},
+		{"another queue's retry queue", "", "q", death("p.retry.20ms", "expired"), false},
+		{"rejected, not expired", "", "q", death("q.retry.20ms", "rejected"), false},
+		{"the dead-letter queue", "", "q", death("q.dead", "expired"), false},
+		{"most recent death elsewhere", "", "q", append(death("other", "expired"), death("q.retry.20ms", "expired")...), false},
+		{"malformed x-death", "", "q", "q.retry.20ms", false},
+		{"malformed entry", "", "q", []any{"q.retry.20ms"}, false},
+	}
+	for _, tc := range cases {
+		h := amqp.Table{HeaderAttempts: int64(999)}
+		if tc.xDeath != nil {
+			h["x-death"] = tc.xDeath
+		}
+		d := amqp.Delivery{MessageId: "m", Exchange: tc.exchange, RoutingKey: tc.key, Headers: h}
+		if got := fromRetryQueue(d, "q"); got != tc.want {
+			t.Errorf("%s: fromRetryQueue = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestIsRetryQueue(t *testing.T) {
+	t.Parallel()
+	for name, want := range map[string]bool{
+		"q.retry.20ms": true, "q.retry.1s": true, "q.retry.10m": true, "q.retry.2h": true, "q.retry.1500ms": true,
+		"q.retry.": false, "q.retry.s": false, "q.retry.0s": false, "q.retry.01s": false, "q.retry.-1s": false,
+		"q.retry.1d": false, "q.retry.1sx": false, "q.dead": false, "p.retry.1s": false, "q.retry.1s.retry.1s": false,
+	} {
+		if got := isRetryQueue("q", name); got != want {
+			t.Errorf("isRetryQueue(q, %q) = %v, want %v", name, got, want)
+		}
+	}
+	for _, d := range []time.Duration{time.Millisecond, 1500 * time.Millisecond, time.Second, 90 * time.Second, time.Hour} {
+		if !isRetryQueue("q", RetryQueue("q", d)) {
+			t.Errorf("RetryQueue(q, %s) not recognised", d)
+		}
+	}
+}
+
+func TestCheckAMQPURLNeverEchoesIt(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cr3t"
+	cases := []struct {
+		url  string
+		want string // "" = valid
+	}{
+		{"amqp://app:" + secret + "@broker:5672/vhost", ""},
+		{"amqps://app:" + secret + "@broker/", ""},
+		{"", "is empty"},
+		{"app:" + secret + "@broker:5672", "must start with amqp://"},
+		{"http://app:" + secret + "@broker/", "must start with amqp://"},
+		{"amqp://app:" + secret + "@bro ker/", "white space"},
+		{"amqp://app:" + secret + "\n@broker/", "white space or control characters"},
+		{"amqp://app:" + secret + "\x00@broker/", "white space or control characters"},
+		{"amqp://app:" + secret + "%zz@broker/", "not a valid URL"},
+		{"amqp://app:" + secret + "/x@broker/", "not a valid URL"},
+		{"amqp://app:" + secret + "@broker:99999999999/", "not a valid AMQP URL"},
+		{"amqp://app:" + secret + "@broker/?heartbeat=often", "not a valid AMQP URL"},
+		{"amqp://app:" + secret + "/" + secret + "@broker:99999999999/", "not a valid URL"},
+	}
+	for _, tc := range cases {
+		c := validConfig()
+		c.AMQPURLs = []string{"amqp://ok/", tc.url}
+		c.setDefaults()
+		err := c.validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%q: %v, want valid", tc.url, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "AMQPURLs[1]")):
+			t.Errorf("%q: %v, want an error naming AMQPURLs[1] and %q", tc.url, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), secret) {
+			t.Errorf("%q: the error echoes the password: %v", tc.url, err)
+		}
 	}
 }

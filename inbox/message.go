@@ -25,7 +25,9 @@ type Message struct {
 	Body        []byte
 	ContentType string
 	// Headers are the AMQP headers as delivered, including the x-inbox-*
-	// headers of a retried message and the broker's x-death.
+	// headers of a retried message and the broker's x-death. On a delivery
+	// that did not come back from this consumer's retry queues the
+	// x-inbox-* headers are removed: someone else set them.
 	Headers amqp.Table
 	// Exchange and RoutingKey are those the message was first published
 	// with, also when it comes back from a retry queue.
@@ -33,6 +35,9 @@ type Message struct {
 	RoutingKey string
 	// Attempt is 1 on the first delivery and grows by one with each retry.
 	// A redelivery after a crash or a lost connection is the same attempt.
+	// It is read from HeaderAttempts only on a delivery that came back from
+	// one of this consumer's retry queues (see Config.Queue); anywhere else
+	// the header may be a publisher's, and the message starts at 1.
 	Attempt   int
 	Timestamp time.Time
 }
@@ -53,13 +58,27 @@ const (
 	// message was first published, since the retry path re-routes it.
 	HeaderOriginalExchange   = "x-inbox-original-exchange"
 	HeaderOriginalRoutingKey = "x-inbox-original-routing-key"
+	// HeaderTrimmed (string, dead-letter queue only) is set on a copy whose
+	// headers did not fit in one AMQP frame: it names the headers removed
+	// to make it fit, with their sizes.
+	HeaderTrimmed = "x-inbox-trimmed-headers"
 )
+
+// ownHeaderPrefix starts every header the consumer sets.
+const ownHeaderPrefix = "x-inbox-"
+
+func isOwnHeader(k string) bool { return strings.HasPrefix(k, ownHeaderPrefix) }
 
 // Values of HeaderDeadReason.
 const (
 	DeadReasonPermanent   = "permanent"     // the handler returned Permanent(err)
 	DeadReasonMaxAttempts = "max_attempts"  // MaxAttempts transient failures
 	DeadReasonNoMessageID = "no_message_id" // cannot be deduplicated, never processed
+	// DeadReasonHeadersTooLarge: the message failed and its retry copy
+	// (its headers plus the x-inbox-* ones) would not fit in one AMQP
+	// frame; it is dead-lettered instead, with headers trimmed (see
+	// HeaderTrimmed), since a frame too large closes the connection.
+	DeadReasonHeadersTooLarge = "headers_too_large"
 )
 
 // maxErrorHeader bounds HeaderLastError: an error message is for a human,
@@ -125,18 +144,70 @@ func stringHeader(h amqp.Table, key, def string) string {
 	return def
 }
 
-// newMessage builds the handler's view of a delivery.
-func newMessage(d amqp.Delivery) Message {
+// fromRetryQueue reports whether d came back from one of queue's retry
+// queues, the only place the consumer's own headers can be trusted: a
+// retry queue dead-letters an expired copy through the default exchange
+// with the main queue's name as routing key, and the broker puts that
+// death first in x-death (most recent first). A publisher's message sent
+// to the main queue, whatever x-inbox-* headers it carries, has no such
+// record.
+//
+// Old retry queues (of delays no longer configured) still drain back, so
+// any well-formed retry queue name of this queue counts. RabbitMQ before
+// 3.13 keeps an x-death header a publisher set, so a publisher forging
+// both x-death and x-inbox-attempts is not stopped here; one who sets
+// only the inbox's headers is.
+func fromRetryQueue(d amqp.Delivery, queue string) bool {
+	if d.Exchange != "" || d.RoutingKey != queue {
+		return false
+	}
+	deaths, _ := d.Headers["x-death"].([]any)
+	if len(deaths) == 0 {
+		return false
+	}
+	last, _ := deaths[0].(amqp.Table)
+	q, _ := last["queue"].(string)
+	reason, _ := last["reason"].(string)
+	return reason == "expired" && isRetryQueue(queue, q)
+}
+
+// newMessage builds the handler's view of a delivery. trusted says whether
+// its x-inbox-* headers are the consumer's own (see fromRetryQueue); if
+// not, they are dropped and the message counts as never attempted.
+func newMessage(d amqp.Delivery, trusted bool) Message {
+	h := d.Headers
+	if !trusted {
+		h = withoutOwnHeaders(h)
+	}
 	return Message{
 		ID:          d.MessageId,
 		Body:        d.Body,
 		ContentType: d.ContentType,
-		Headers:     d.Headers,
-		Exchange:    stringHeader(d.Headers, HeaderOriginalExchange, d.Exchange),
-		RoutingKey:  stringHeader(d.Headers, HeaderOriginalRoutingKey, d.RoutingKey),
-		Attempt:     attemptsOf(d.Headers) + 1,
+		Headers:     h,
+		Exchange:    stringHeader(h, HeaderOriginalExchange, d.Exchange),
+		RoutingKey:  stringHeader(h, HeaderOriginalRoutingKey, d.RoutingKey),
+		Attempt:     attemptsOf(h) + 1,
 		Timestamp:   d.Timestamp,
 	}
+}
+
+// withoutOwnHeaders returns h without x-inbox-* headers; h itself when it
+// has none, which is the usual case and costs no copy.
+func withoutOwnHeaders(h amqp.Table) amqp.Table {
+	own := false
+	for k := range h {
+		own = own || isOwnHeader(k)
+	}
+	if !own {
+		return h
+	}
+	out := make(amqp.Table, len(h))
+	for k, v := range h {
+		if !isOwnHeader(k) {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // brokerHeaders are added by RabbitMQ on dead-lettering and redelivery; a
@@ -146,12 +217,13 @@ var brokerHeaders = []string{"x-death", "x-first-death-exchange", "x-first-death
 	"x-delivery-count"}
 
 // copyOf is the publishing that carries d to a retry or dead-letter queue,
-// with extra headers set. The message-id and every property the handler can
-// see are kept; the user-id is dropped because the broker checks it against
-// the publishing connection's user.
-func copyOf(d amqp.Delivery, extra amqp.Table) amqp.Publishing {
-	h := make(amqp.Table, len(d.Headers)+len(extra)+2)
-	for k, v := range d.Headers {
+// with the headers of m (d's, less any untrusted x-inbox-* ones) and extra
+// set. The message-id and every property the handler can see are kept; the
+// user-id is dropped because the broker checks it against the publishing
+// connection's user.
+func copyOf(d amqp.Delivery, m Message, extra amqp.Table) amqp.Publishing {
+	h := make(amqp.Table, len(m.Headers)+len(extra)+2)
+	for k, v := range m.Headers {
 		h[k] = v
 	}
 	for _, k := range brokerHeaders {

@@ -18,6 +18,8 @@ type metrics struct {
 	dialFailures    prometheus.Counter
 	forwardFailures prometheus.Counter
 	pruned          prometheus.Counter
+	isolated        prometheus.Gauge
+	isolations      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, consumer string) *metrics {
@@ -46,14 +48,16 @@ func newMetrics(reg prometheus.Registerer, consumer string) *metrics {
 		dialFailures:    counter("broker_dial_failures_total", "Failed attempts to connect to a broker URL."),
 		forwardFailures: counter("forward_failures_total", "Retry or dead-letter copies the broker did not confirm; the original was requeued."),
 		pruned:          counter("pruned_total", "Inbox rows deleted by retention."),
+		isolated:        gauge("isolated", "1 while consuming with prefetch 1 after a connection was lost while consuming."),
+		isolations:      counter("isolations_total", "Times a connection lost while consuming switched to prefetch 1."),
 	}
-	for _, r := range []string{DeadReasonPermanent, DeadReasonMaxAttempts, DeadReasonNoMessageID} {
+	for _, r := range []string{DeadReasonPermanent, DeadReasonMaxAttempts, DeadReasonNoMessageID, DeadReasonHeadersTooLarge} {
 		m.deadLettered.WithLabelValues(r)
 	}
 	if reg != nil {
 		reg.MustRegister(m.processed, m.duplicates, m.retried, m.deadLettered, m.handlerSeconds,
 			m.breakerState, m.breakerOpens, m.consuming, m.reconnects, m.dialFailures,
-			m.forwardFailures, m.pruned)
+			m.forwardFailures, m.pruned, m.isolated, m.isolations)
 	}
 	return m
 }

@@ -125,8 +125,14 @@ func applyHandler(ctx context.Context, tx pgx.Tx, m inbox.Message) error {
 // publish sends a persistent message and waits for the broker's confirm.
 func (b *testBundle) publish(t *testing.T, exchange, key, id, body string) {
 	t.Helper()
+	b.publishHeaders(t, exchange, key, id, body, nil)
+}
+
+// publishHeaders is publish with headers.
+func (b *testBundle) publishHeaders(t *testing.T, exchange, key, id, body string, h amqp.Table) {
+	t.Helper()
 	dc, err := b.ch.PublishWithDeferredConfirm(exchange, key, true, false, amqp.Publishing{
-		MessageId: id, Body: []byte(body), ContentType: "text/plain", DeliveryMode: amqp.Persistent,
+		MessageId: id, Body: []byte(body), Headers: h, ContentType: "text/plain", DeliveryMode: amqp.Persistent,
 	})
 	if err != nil {
 		t.Fatal(err)

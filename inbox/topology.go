@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -24,12 +25,27 @@ type Topology struct {
 	BindingKeys []string
 	// RetryDelays must match the consumer's (default DefaultRetryDelays).
 	RetryDelays []time.Duration
-	// DeliveryLimit, if positive, sets x-delivery-limit on the main queue:
-	// a message redelivered that many times without an ack (the process
-	// crashes on it, beyond what a recovered panic covers) is moved by the
-	// broker to the dead-letter queue.
+	// DeliveryLimit sets x-delivery-limit on the main queue (default
+	// DefaultDeliveryLimit; negative sets none): a message returned to the
+	// queue unacked more than that many times is moved by the broker to
+	// the dead-letter queue. It is what removes a message that no consumer
+	// can get past: one that crashes the process (beyond what a recovered
+	// panic covers), or one the client cannot even read, which closes the
+	// connection before the consumer sees it (see Config.IsolationPeriod).
+	// Every other unacked return counts too (a consumer stopping with
+	// messages in flight, a lost connection), so keep it well above the
+	// number of such events a message may meet.
+	//
+	// A queue's x-delivery-limit cannot change once declared: declaring an
+	// existing queue with another value fails (see DeclareTopology).
 	DeliveryLimit int
 }
+
+// DefaultDeliveryLimit is Topology.DeliveryLimit's default. It is
+// RabbitMQ 4's own default for quorum queues: high enough that restarts
+// and lost connections do not dead-letter innocent messages, low enough
+// that a message breaking connections costs a bounded number of them.
+const DefaultDeliveryLimit = 20
 
 // DeadQueue is the name of queue's dead-letter queue.
 func DeadQueue(queue string) string { return queue + ".dead" }
@@ -66,7 +82,10 @@ func delayName(d time.Duration) string {
 // declarations (the AMQP calls themselves take none).
 //
 // Declaring with arguments different from an existing queue's fails with
-// PRECONDITION_FAILED (406), which closes ch.
+// PRECONDITION_FAILED (406), which closes ch. A main queue declared before
+// the delivery limit was on by default has none: DeclareTopology then says
+// so; set Topology.DeliveryLimit to -1 to keep that queue as it is, or
+// move its messages and declare it again.
 func DeclareTopology(ctx context.Context, ch *amqp.Channel, t Topology) error {
 	if t.Queue == "" {
 		return errors.New("inbox: Topology.Queue is required")
@@ -92,10 +111,17 @@ func DeclareTopology(ctx context.Context, ch *amqp.Channel, t Topology) error {
 		"x-dead-letter-exchange":    "",
 		"x-dead-letter-routing-key": DeadQueue(t.Queue),
 	}
+	if t.DeliveryLimit == 0 {
+		t.DeliveryLimit = DefaultDeliveryLimit
+	}
 	if t.DeliveryLimit > 0 {
 		args["x-delivery-limit"] = int64(t.DeliveryLimit)
 	}
 	if _, err := ch.QueueDeclare(t.Queue, true, false, false, false, args); err != nil {
+		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed && strings.Contains(ae.Reason, "x-delivery-limit") {
+			return fmt.Errorf("inbox: declare queue %q: it exists with another delivery limit (set Topology.DeliveryLimit to match it, -1 for none): %w", t.Queue, err)
+		}
 		return fmt.Errorf("inbox: declare queue %q: %w", t.Queue, err)
 	}
 	if t.Exchange != "" {
@@ -142,4 +168,20 @@ func declareOwnQueues(ch *amqp.Channel, queue string, delays []time.Duration) er
 		}
 	}
 	return nil
+}
+
+// isRetryQueue reports whether name is one of queue's retry queues: the
+// queue name, ".retry.", then a delay as delayName writes it.
+func isRetryQueue(queue, name string) bool {
+	d, ok := strings.CutPrefix(name, queue+".retry.")
+	if !ok {
+		return false
+	}
+	for _, unit := range []string{"ms", "s", "m", "h"} {
+		if n, ok := strings.CutSuffix(d, unit); ok {
+			v, err := strconv.ParseUint(n, 10, 63)
+			return err == nil && v > 0 && n[0] != '0'
+		}
+	}
+	return false
 }

@@ -53,11 +53,12 @@ const (
 // unacked (shutdown) or requeued (copy not confirmed).
 func (w *worker) handle(ctx context.Context, d amqp.Delivery) {
 	c := w.c
+	m := newMessage(d, fromRetryQueue(d, c.cfg.Queue))
 	if d.MessageId == "" {
-		w.forward(ctx, d, Message{Attempt: 1}, errNoMessageID, DeadReasonNoMessageID)
+		m.Attempt = 1
+		w.forward(ctx, d, m, errNoMessageID, DeadReasonNoMessageID)
 		return
 	}
-	m := newMessage(d)
 	out, err := w.apply(ctx, m)
 	if ctx.Err() != nil && out == failed {
 		// Shutting down: leave it unacked; the broker gives it back when
@@ -155,26 +156,35 @@ func (w *worker) callHandler(ctx context.Context, tx pgx.Tx, m Message) (err err
 // the dead-letter queue, waits for the broker's confirm, then acks d. If
 // the copy is not confirmed, d is requeued instead: it is retried at the
 // same attempt, never lost.
+//
+// A copy is measured before it goes out, because a header frame over the
+// connection's frame_max makes the broker close the connection: d would
+// come back, fail and be forwarded the same way, for ever. A retry copy
+// that does not fit is dead-lettered instead (a retry must show the
+// handler the message as it was, so it is never trimmed); a dead-letter
+// copy that does not fit loses its largest original headers.
 func (w *worker) forward(ctx context.Context, d amqp.Delivery, m Message, cause error, deadReason string) {
 	c := w.c
-	errText := truncate(cause.Error(), maxErrorHeader)
-	headers := amqp.Table{
-		HeaderAttempts:  int64(m.Attempt),
-		HeaderLastError: errText,
-	}
+	budget := headerBudget(w.conn.Config.FrameSize)
 	queue := DeadQueue(c.cfg.Queue)
 	var delay time.Duration
+	var p amqp.Publishing
 	if deadReason == "" {
 		delay = c.cfg.retryDelay(m.Attempt)
 		queue = RetryQueue(c.cfg.Queue, delay)
-	} else {
-		headers[HeaderDeadReason] = deadReason
-		headers[HeaderConsumer] = c.cfg.Name
-		if deadReason == DeadReasonNoMessageID {
-			headers[HeaderAttempts] = int64(0)
+		p = copyOf(d, m, w.ownHeaders(m, cause, ""))
+		if budget >= 0 && headerPayloadSize(p) > budget {
+			deadReason, queue = DeadReasonHeadersTooLarge, DeadQueue(c.cfg.Queue)
 		}
 	}
-	err := w.publish(ctx, queue, copyOf(d, headers))
+	if deadReason != "" {
+		p = copyOf(d, m, w.ownHeaders(m, cause, deadReason))
+		if _, ok := fit(&p, budget, isOwnHeader); !ok {
+			w.rejectUnfit(d, m, cause, deadReason)
+			return
+		}
+	}
+	err := w.publish(ctx, queue, p)
 	if err != nil {
 		// The copy may or may not be in the queue; requeueing the original
 		// at worst makes a duplicate, which the inbox absorbs.
@@ -186,8 +196,7 @@ func (w *worker) forward(ctx context.Context, d amqp.Delivery, m Message, cause 
 		c.event(Event{Kind: EventRequeued, MessageID: m.ID, Attempt: m.Attempt, Err: err, AckErr: nackErr})
 		return
 	}
-	// A permanent error is the message's fault, not a sick dependency.
-	c.br.record(deadReason == DeadReasonPermanent || deadReason == DeadReasonNoMessageID)
+	c.br.record(messageFault(deadReason))
 	ackErr := d.Ack(false)
 	w.logAck(m, ackErr)
 	if deadReason == "" {
@@ -199,9 +208,51 @@ func (w *worker) forward(ctx context.Context, d amqp.Delivery, m Message, cause 
 	}
 	c.m.deadLettered.WithLabelValues(deadReason).Inc()
 	c.log.Error("message dead-lettered", "message_id", m.ID, "attempt", m.Attempt,
-		"reason", deadReason, "to_queue", queue, "err", cause)
+		"reason", deadReason, "to_queue", queue, "err", cause, "trimmed", p.Headers[HeaderTrimmed])
 	c.event(Event{Kind: EventDeadLettered, MessageID: m.ID, Attempt: m.Attempt, Err: cause,
 		DeadReason: deadReason, AckErr: ackErr})
+}
+
+// messageFault reports whether a dead-letter reason is the message's fault
+// rather than a sign of a sick dependency, for the breaker. A permanent
+// error is; a transient failure is not, even when its copy was too large
+// to retry.
+func messageFault(deadReason string) bool {
+	return deadReason == DeadReasonPermanent || deadReason == DeadReasonNoMessageID
+}
+
+// ownHeaders are the x-inbox-* headers of a retry copy (deadReason empty)
+// or a dead-letter copy of m.
+func (w *worker) ownHeaders(m Message, cause error, deadReason string) amqp.Table {
+	h := amqp.Table{
+		HeaderAttempts:  int64(m.Attempt),
+		HeaderLastError: truncate(cause.Error(), maxErrorHeader),
+	}
+	if deadReason != "" {
+		h[HeaderDeadReason] = deadReason
+		h[HeaderConsumer] = w.c.cfg.Name
+	}
+	if deadReason == DeadReasonNoMessageID {
+		h[HeaderAttempts] = int64(0)
+	}
+	return h
+}
+
+// rejectUnfit handles a dead-letter copy that does not fit in a frame even
+// without its original headers (a frame_max near RabbitMQ's 4096 minimum
+// and long names): d is rejected without requeue, so the broker moves it,
+// as it is, to the dead-letter queue through the main queue's
+// dead-letter arguments. Nothing of ours travels with it; the log says why.
+func (w *worker) rejectUnfit(d amqp.Delivery, m Message, cause error, deadReason string) {
+	c := w.c
+	c.br.record(messageFault(deadReason))
+	rejectErr := d.Reject(false)
+	c.m.deadLettered.WithLabelValues(deadReason).Inc()
+	c.log.Error("message dead-lettered by rejection: even a trimmed copy would not fit in a frame",
+		"message_id", m.ID, "attempt", m.Attempt, "reason", deadReason, "frame_size", w.conn.Config.FrameSize,
+		"err", cause)
+	c.event(Event{Kind: EventDeadLettered, MessageID: m.ID, Attempt: m.Attempt, Err: cause,
+		DeadReason: deadReason, AckErr: rejectErr})
 }
 
 // publish sends p to queue through the default exchange, mandatory, and
