@@ -2,12 +2,16 @@ package relay_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 	"github.com/outboxrelay/outboxrelay/outbox"
@@ -236,4 +240,100 @@ func TestKeyBacklogDrainsWithoutPolling(t *testing.T) {
 			t.Fatalf("message %d is %s, want %s (out of order)", i, d.MessageId, ids[i])
 		}
 	}
+}
+
+// Acceptance (keyed-claim issue): a broker that refuses a keyed row (a
+// queue at its x-max-length with x-overflow reject-publish nacks it) while
+// it takes the key's next rows (routed to another queue). Pipelined (the
+// default), the later rows of the run were already sent: they are
+// confirmed, counted as overtaking, and the key's rows written afterwards
+// wait behind the refused row (block policy). Strict, the key's next row
+// is never sent while the refused one is unconfirmed: nothing overtakes,
+// and the whole rest of the key waits.
+func TestOvertakeIsCounted(t *testing.T) {
+	t.Parallel()
+	for _, strict := range []bool{false, true} {
+		t.Run(fmt.Sprintf("strict=%v", strict), func(t *testing.T) {
+			t.Parallel()
+			reg := prometheus.NewRegistry()
+			b := setup(t, func(c *relay.Config) {
+				c.StrictOrdering = strict
+				c.Registerer = reg
+				c.MaxAttempts = 1000
+				c.RetryBase, c.RetryMax = time.Hour, time.Hour // the refused row stays refused
+			})
+			ctx := context.Background()
+			full := testenv.Name("full")
+			if _, err := b.ch.QueueDeclare(full, false, true, false, false, amqp.Table{
+				"x-max-length": int32(1), "x-overflow": "reject-publish",
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.ch.PublishWithContext(ctx, "", full, false, false, amqp.Publishing{Body: []byte("filler")}); err != nil {
+				t.Fatal(err)
+			}
+			testenv.Eventually(t, 30*time.Second, "the queue to be full", func() (bool, error) {
+				q, err := b.ch.QueueDeclarePassive(full, false, true, false, false, nil)
+				return q.Messages == 1, err
+			})
+
+			key := testenv.Name("k")
+			ids, err := outbox.Enqueue(ctx, b.pool,
+				outbox.Message{RoutingKey: full, Payload: []byte("1"), OrderingKey: key},
+				outbox.Message{RoutingKey: b.queue, Payload: []byte("2"), OrderingKey: key},
+				outbox.Message{RoutingKey: b.queue, Payload: []byte("3"), OrderingKey: key},
+			)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.waitFailed(t)
+			var lastErr string
+			if err := b.pool.QueryRow(ctx, `SELECT last_error FROM outbox WHERE message_id = $1`, ids[0]).Scan(&lastErr); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(lastErr, "nacked") {
+				t.Fatalf("refused row's last_error %q, want a nack", lastErr)
+			}
+
+			later, err := outbox.Enqueue(ctx, b.pool, outbox.Message{RoutingKey: b.queue, Payload: []byte("4"), OrderingKey: key})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sentinel, err := outbox.Enqueue(ctx, b.pool, outbox.Message{RoutingKey: b.queue, Payload: []byte("sentinel")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.waitPublished(t, sentinel...)
+
+			overtaken := counterValue(t, reg, "outboxrelay_relay_ordering_overtaken_total")
+			wantOvertaken, wantPublished := 2.0, map[string]bool{ids[1]: true, ids[2]: true}
+			if strict {
+				wantOvertaken, wantPublished = 0, map[string]bool{}
+			}
+			if overtaken != wantOvertaken {
+				t.Errorf("ordering_overtaken_total = %v, want %v", overtaken, wantOvertaken)
+			}
+			for _, id := range append(ids, later...) {
+				if got := published(t, b.pool, id); got != wantPublished[id] {
+					t.Errorf("row %s published = %v, want %v", id, got, wantPublished[id])
+				}
+			}
+		})
+	}
+}
+
+// counterValue reads one unlabelled counter from reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
 }

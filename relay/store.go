@@ -21,6 +21,10 @@ import (
 // serve ORDER BY ordering_key, id without a sort: with `=`, the planner may
 // prefer the primary key filtered by key, which reads every row of the
 // backlog up to the key's rows when a key is rare.
+//
+// keyRun is a format: %s is the run's limit, $4 for the first key and
+// what is left of the batch for the next ones, so the keyed part of a
+// batch never exceeds $1 rows.
 const keyRun = `
         SELECT l.id AS head, x.ids, CASE WHEN l.id IS NULL THEN 0 ELSE x.n END AS n
         FROM (SELECT min(y.id) AS first, array_agg(y.id ORDER BY y.id) AS ids, count(*) AS n
@@ -29,11 +33,16 @@ const keyRun = `
                     FROM outbox o
                     WHERE o.ordering_key >= h.k AND o.ordering_key <= h.k AND o.published_at IS NULL
                       AND (o.dead_at IS NULL OR $3)
-                    ORDER BY o.ordering_key, o.id LIMIT $4) y
+                    ORDER BY o.ordering_key, o.id LIMIT %s) y
               WHERE y.ok) x
         LEFT JOIN LATERAL (SELECT l.id FROM outbox l
                            WHERE l.id = x.first AND l.published_at IS NULL AND l.dead_at IS NULL
                            FOR UPDATE SKIP LOCKED) l ON true`
+
+var (
+	firstRun = fmt.Sprintf(keyRun, "least($4::bigint, $1::bigint)")
+	nextRun  = fmt.Sprintf(keyRun, "least($4::bigint, $1::bigint - keys.total)")
+)
 
 // claimBatch takes one batch in one statement, from two sources that never
 // read each other's backlog:
@@ -88,20 +97,20 @@ const keyRun = `
 //
 // The previous claim (a scan of every pending row in id order, keeping
 // heads only) read all 50,000 rows with a sub-plan each for 20 heads: 464 ms.
-const claimBatch = `
+var claimBatch = `
 WITH RECURSIVE keys(k, head, ids, total) AS (
     SELECT h.k, r.head, r.ids, r.n
     FROM (SELECT p.ordering_key AS k FROM outbox p
           WHERE p.published_at IS NULL AND p.ordering_key > $2
           ORDER BY p.ordering_key LIMIT 1) h
-    CROSS JOIN LATERAL (` + keyRun + `) r
+    CROSS JOIN LATERAL (` + firstRun + `) r
   UNION ALL
     SELECT h.k, r.head, r.ids, keys.total + r.n
     FROM keys
     CROSS JOIN LATERAL (SELECT p.ordering_key AS k FROM outbox p
           WHERE p.published_at IS NULL AND p.ordering_key > keys.k
           ORDER BY p.ordering_key LIMIT 1) h
-    CROSS JOIN LATERAL (` + keyRun + `) r
+    CROSS JOIN LATERAL (` + nextRun + `) r
     WHERE keys.total < $1
 ),
 keyed AS (
