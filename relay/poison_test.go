@@ -1,0 +1,174 @@
+package relay_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/outboxrelay/outboxrelay/internal/testenv"
+	"github.com/outboxrelay/outboxrelay/outbox"
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// poisonRows are rows the table accepted before the row-limit constraints
+// existed (or accepts when an operator dropped them), each one AMQP, the
+// broker or amqp091-go readers cannot carry. want is a word the dead row's
+// last_error must hold: the field and the limit, not a connection error.
+var poisonRows = []struct {
+	name, column, value, want string
+}{
+	{"200 KB header", "headers", `jsonb_build_object('big', repeat('v', 200000))`, "header table"},
+	{"300-byte exchange", "exchange", `'x' || repeat('e', 300)`, "exchange"},
+	{"300-byte routing key", "routing_key", `repeat('r', 300)`, "routing_key"},
+	{"300-byte content type", "content_type", `repeat('c', 300)`, "content_type"},
+	{"9,000-element array", "headers", `jsonb_build_object('arr', (SELECT jsonb_agg(g) FROM generate_series(1, 9000) g))`, "8,192"},
+	// 33 tables below the header table: amqp091-go's reader refuses it.
+	{"33-deep header", "headers", `'` + strings.Repeat(`{"a":`, 34) + `1` + strings.Repeat(`}`, 34) + `'`, "deep"},
+}
+
+// Acceptance (poison issue): one row of each poison shape, in a table
+// without the row-limit constraints, between good rows: the relay parks it
+// dead at once with a last_error naming the field and the limit, publishes
+// every good row, and never loses its broker connection over it.
+func TestPoisonRowIsParkedAndGoodRowsFlow(t *testing.T) {
+	t.Parallel()
+	for _, p := range poisonRows {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			reg := prometheus.NewRegistry()
+			b := setup(t, func(c *relay.Config) {
+				c.Registerer = reg
+				c.BatchSize = 50
+			})
+			dropRowLimits(t, b.pool)
+			poison, good := insertAround(t, b.pool, b.queue, p.column, p.value)
+			b.waitPublished(t, good...)
+			dead, lastErr := deadState(t, b.pool, poison)
+			if !dead {
+				t.Fatalf("the poison row is not dead (last_error %q)", lastErr)
+			}
+			if !strings.Contains(lastErr, p.want) {
+				t.Errorf("last_error %q does not name %q", lastErr, p.want)
+			}
+			if n := counterValue(t, reg, "outboxrelay_relay_broker_reconnects_total"); n != 0 {
+				t.Errorf("%v broker reconnects over one poison row, want 0", n)
+			}
+		})
+	}
+}
+
+// Acceptance (poison issue): the second line of defence. With the row
+// checks off, a 200 KB header goes on the wire and the broker closes the
+// connection (FRAME_ERROR) under the batch. The batch's unconfirmed rows
+// are suspected, then published alone; the poison row, alone, kills the
+// connection again and is charged each time, so it ends dead after
+// max_attempts, the good rows go through, and the reconnects it caused are
+// bounded by 1 + max_attempts.
+func TestSuspectRowIsIsolatedAndCharged(t *testing.T) {
+	t.Parallel()
+	const maxAttempts = 3
+	reg := prometheus.NewRegistry()
+	b := setup(t, func(c *relay.Config) {
+		c.Registerer = reg
+		c.BatchSize = 50
+		c.MaxAttempts = maxAttempts
+		c.RetryBase, c.RetryMax = time.Millisecond, 10*time.Millisecond
+		c.ReconnectMin, c.ReconnectMax = time.Millisecond, 50*time.Millisecond
+		relay.SkipRowChecks(c)
+	})
+	dropRowLimits(t, b.pool)
+	poison, good := insertAround(t, b.pool, b.queue, poisonRows[0].column, poisonRows[0].value)
+	b.waitPublished(t, good...)
+	testenv.Eventually(t, time.Minute, "the poison row to die", func() (bool, error) {
+		dead, _ := deadState(t, b.pool, poison)
+		return dead, nil
+	})
+	_, lastErr := deadState(t, b.pool, poison)
+	if !strings.Contains(lastErr, "connection_lost") {
+		t.Errorf("last_error %q, want the connection the row killed", lastErr)
+	}
+	var attempts int
+	if err := b.pool.QueryRow(context.Background(), `SELECT attempts FROM outbox WHERE message_id = $1`, poison).Scan(&attempts); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != maxAttempts {
+		t.Errorf("poison row charged %d attempts, want %d", attempts, maxAttempts)
+	}
+	if n := counterValue(t, reg, "outboxrelay_relay_broker_reconnects_total"); n < 1 || n > 1+maxAttempts {
+		t.Errorf("%v broker reconnects, want between 1 and %d", n, 1+maxAttempts)
+	}
+	if n := counterValue(t, reg, "outboxrelay_relay_suspected_total"); n < 1 {
+		t.Errorf("suspected_total = %v, want at least the poison row", n)
+	}
+}
+
+// dropRowLimits removes the row-limit CHECK constraints (migration 3), as
+// on a table written to before them.
+func dropRowLimits(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	rows, err := pool.Query(ctx, `SELECT conname FROM pg_constraint
+		WHERE conrelid = 'outbox'::regclass AND contype = 'c' AND conname <> 'outbox_headers_object'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) == 0 {
+		t.Fatal("no row-limit constraints to drop")
+	}
+	for _, n := range names {
+		if _, err := pool.Exec(ctx, `ALTER TABLE outbox DROP CONSTRAINT `+pgx.Identifier{n}.Sanitize()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// insertAround writes 100 good rows, then a row for queue whose column is
+// the SQL expression value, then 100 good rows, each group in its own
+// statement, and returns the poison row's message id and the good ones.
+func insertAround(t *testing.T, pool *pgxpool.Pool, queue, column, value string) (poison string, good []string) {
+	t.Helper()
+	ctx := context.Background()
+	msgs := make([]outbox.Message, 100)
+	for i := range msgs {
+		msgs[i] = outbox.Message{RoutingKey: queue, Payload: []byte(`{}`)}
+	}
+	ids, err := outbox.Enqueue(ctx, pool, msgs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good = append(good, ids...)
+	cols := map[string]string{"routing_key": "'" + queue + "'", "payload": `'\x7b7d'`}
+	cols[column] = value
+	var names, values []string
+	for c, v := range cols {
+		names, values = append(names, c), append(values, v)
+	}
+	q := `INSERT INTO outbox (` + strings.Join(names, ", ") + `) VALUES (` + strings.Join(values, ", ") + `) RETURNING message_id::text`
+	if err := pool.QueryRow(ctx, q).Scan(&poison); err != nil {
+		t.Fatal(err)
+	}
+	ids, err = outbox.Enqueue(ctx, pool, msgs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return poison, append(good, ids...)
+}
+
+func deadState(t *testing.T, pool *pgxpool.Pool, messageID string) (dead bool, lastErr string) {
+	t.Helper()
+	err := pool.QueryRow(context.Background(),
+		`SELECT dead_at IS NOT NULL, coalesce(last_error, '') FROM outbox WHERE message_id = $1`, messageID).Scan(&dead, &lastErr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dead, lastErr
+}
