@@ -39,7 +39,7 @@
 //     take. Properties and headers travel in one frame, which must not
 //     exceed the connection's negotiated frame_max; a frame too large
 //     makes RabbitMQ close the connection. A retry copy that would not fit
-//     (with 4 KiB left for what the broker adds when it dead-letters it
+//     (with 2 KiB left for what the broker adds when it dead-letters it
 //     back) is dead-lettered instead, with reason headers_too_large; a
 //     dead-letter copy that would not fit loses its largest original
 //     headers, never the x-inbox-* ones, and HeaderTrimmed lists what was

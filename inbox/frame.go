@@ -25,18 +25,18 @@ const frameOverhead = 1 + 2 + 4 + 1
 // brokerReserve is left free in a copy's header frame for what RabbitMQ
 // adds to it later: dead-lettering a retry copy back to the main queue
 // adds an x-death entry and the x-first-death-* (3.13: also
-// x-last-death-*) headers, each naming a queue of up to 255 bytes, and a
-// redelivery from a quorum queue adds x-delivery-count; together at most
-// about 2 KiB. A copy that fills the frame to the byte would come back one
-// frame too large for this client to read.
-const brokerReserve = 4096
+// x-last-death-*) headers, and a redelivery from a quorum queue adds
+// x-delivery-count. With queue names of the full 255 bytes that is about
+// 1,350 bytes; the rest is margin. A copy that filled the frame to the
+// byte would come back one frame too large for this client to read.
+const brokerReserve = 2048
 
 // headerBudget is the largest content header payload a copy may have on a
 // connection whose negotiated frame size is frameSize; -1 means no limit
 // (frame_max 0).
 //
 // The reserve shrinks on a connection with a small frame_max (RabbitMQ
-// accepts 4096), where a fixed 4 KiB would leave no room at all.
+// accepts 4096), where a fixed 2 KiB would leave too little room.
 func headerBudget(frameSize int) int {
 	if frameSize <= 0 {
 		return -1

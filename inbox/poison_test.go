@@ -36,7 +36,10 @@ func TestOversizedRetryCopyIsDeadLetteredTrimmed(t *testing.T) {
 	}, setupOpts{})
 	innocents := b.publishAround(t, 10, func() {
 		b.publishHeaders(t, "", b.queue, "big-one", "big", amqp.Table{
-			"big":         strings.Repeat("v", 130_000), // fits a 131,072-byte frame; its retry copy would not
+			// The message fits a 131,072-byte frame with about 40 bytes
+			// to spare; its retry copy, with the x-inbox-* headers (about
+			// 150 bytes), would be over it and close the connection.
+			"big":         strings.Repeat("v", 130_900),
 			"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
 		})
 	})
@@ -348,4 +351,57 @@ func managementGet(t *testing.T, env testenv.Env, queue string, n int) []managed
 		t.Fatalf("management get %s: status %s, %d messages, %v", queue, resp.Status, len(msgs), err)
 	}
 	return msgs
+}
+
+// While the breaker is open the consumer keeps the messages it prefetched
+// instead of returning them: a quorum queue charges each return against
+// the delivery limit, so returning them at every pause would dead-letter
+// innocent messages during a long outage. No message is ever redelivered
+// here (x-delivery-count, which the broker sets on a returned message,
+// never appears).
+func TestBreakerPauseReturnsNoMessage(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	failing := true
+	var redelivered []string
+	b := setup(t, func(ctx context.Context, tx pgx.Tx, m inbox.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if _, ok := m.Headers["x-delivery-count"]; ok {
+			redelivered = append(redelivered, m.ID)
+		}
+		if failing {
+			return errors.New("a dependency is down")
+		}
+		return applyHandler(ctx, tx, m)
+	}, setupOpts{noStart: true, cfg: func(c *inbox.Config) {
+		c.Prefetch = 5
+		c.BreakerThreshold = 1
+		c.BreakerCooldown = 20 * time.Millisecond
+		c.MaxAttempts = 1000
+	}})
+	ids := map[string]string{}
+	for i := range 5 {
+		ids[uuid.NewString()] = fmt.Sprintf("held %d", i)
+	}
+	b.publishMany(t, ids)
+	run(t, b.consumer)
+	b.events.wait(t, "the breaker to open four times", func(evs []inbox.Event) bool {
+		opens := 0
+		for _, e := range evs {
+			if e.Kind == inbox.EventBreaker && e.Breaker == inbox.BreakerOpen {
+				opens++
+			}
+		}
+		return opens >= 4
+	})
+	mu.Lock()
+	failing = false
+	mu.Unlock()
+	b.events.wait(t, "all applied", func(evs []inbox.Event) bool { return allApplied(evs, keysOf(ids)) })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(redelivered) > 0 {
+		t.Errorf("%d deliveries were returned to the queue during pauses and charged a delivery", len(redelivered))
+	}
 }
