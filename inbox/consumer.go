@@ -224,7 +224,9 @@ func (c *Consumer) serve(ctx context.Context, conn *amqp.Connection) (bool, erro
 	}
 }
 
-// cooldown waits while the breaker is open, then lets it go half-open.
+// cooldown waits while the breaker is open, then lets it go half-open. It
+// covers a breaker that opened under a subscription since lost; a live
+// subscription waits out the pause in place (see subscribe).
 func (c *Consumer) cooldown(ctx context.Context, connClosed <-chan *amqp.Error) error {
 	if st, _ := c.br.snapshot(); st != BreakerOpen {
 		return nil

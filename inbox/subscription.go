@@ -82,7 +82,8 @@ func (c *Consumer) subscribe(ctx context.Context, conn *amqp.Connection, connClo
 	}
 	defer func() {
 		// Let in-flight messages finish (and be acked) before the channel
-		// closes, so a pause or a cancelled consumer wastes no work.
+		// closes, so a cancelled consumer or a restored prefetch wastes no
+		// work.
 		for _, w := range workers {
 			close(w.in)
 		}
