@@ -130,6 +130,8 @@ func TestInsertRefusedByConstraints(t *testing.T) {
 		{"header table at the budget", "", "k", "t", outbox.StringOfSize(outbox.MaxHeaderTableBytes), ""},
 		{"header table one byte over", "", "k", "t", outbox.StringOfSize(outbox.MaxHeaderTableBytes + 1), "outbox_headers_size"},
 		{"header of 200 KB", "", "k", "t", `{"big":"` + strings.Repeat("v", 200000) + `"}`, "outbox_headers_size"},
+		// 43 KB of text, 3 bytes of text per 9-byte int64: over the budget.
+		{"dense numbers over the budget", "", "k", "t", `{"a":[[` + zeros(8000) + `],[` + zeros(6413) + `]]}`, "outbox_headers_size"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,6 +160,8 @@ func TestInsertRefusedByConstraints(t *testing.T) {
 	}
 }
 
+func zeros(n int) string { return strings.TrimSuffix(strings.Repeat("0,", n), ",") }
+
 // TestSQLAgreesWithGo: the migration's functions and Go's validator give
 // the same verdict and the same encoded size on a few hundred generated
 // header documents, read back from jsonb (the text the relay decodes).
@@ -173,7 +177,8 @@ func TestSQLAgreesWithGo(t *testing.T) {
 		docs = append(docs, genDeep(r, 30+r.IntN(5)))
 	}
 	docs = append(docs, outbox.WideArray(8193), outbox.WideObject(8193, true), outbox.Nested("{", 33), outbox.Nested("[", 32),
-		`{"n":`+doubleEdge+`}`, `{"n":`+belowEdge+`}`, `{"n":-`+doubleEdge+`}`)
+		`{"n":`+doubleEdge+`}`, `{"n":`+belowEdge+`}`, `{"n":-`+doubleEdge+`}`,
+		`{"a":[0]}`, `{"":[[0]]}`, `{"a":[`+strings.TrimSuffix(strings.Repeat("[0],", 3000), ",")+`]}`)
 	rows, err := pool.Query(context.Background(), `
 SELECT d::text, outbox_headers_amqp_size(d), outbox_headers_amqp_width(d) > 8192, outbox_headers_amqp_name_max(d) > 255,
        jsonb_path_exists(d, 'strict $.**{33 to last} ? (@.type() == "object" || @.type() == "array")'),
@@ -213,6 +218,12 @@ FROM unnest($1::jsonb[]) AS d`, docs)
 			}
 			if text != "{}" && size != sqlSize {
 				t.Errorf("size: Go %d, SQL %d: %.200s", size, sqlSize, text)
+			}
+			// The migration skips the size function for text of 25,944
+			// bytes or fewer, on the grounds that a table encodes to at
+			// most 14/3 bytes per byte of jsonb text.
+			if 3*size > 14*len(text) {
+				t.Errorf("size %d over 14/3 of the text's %d bytes: %.200s", size, len(text), text)
 			}
 		}
 	}
