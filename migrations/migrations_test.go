@@ -42,6 +42,21 @@ func TestCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// goose (v2 and the CLI) records a down as a later row with is_applied
+	// false: the latest row of a version decides.
+	if _, err := pool.Exec(ctx, `INSERT INTO `+migrations.VersionTable+` (version_id, is_applied) VALUES ($1, false)`, res.Version); err != nil {
+		t.Fatal(err)
+	}
+	if err := migrations.Check(ctx, pool); !errors.Is(err, migrations.ErrNotMigrated) {
+		t.Fatalf("version %d rolled back: got %v, want ErrNotMigrated", res.Version, err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM `+migrations.VersionTable+` WHERE version_id = $1`, res.Version); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.Up(ctx, dsn); err != nil {
+		t.Fatal(err)
+	}
+
 	// A newer binary migrated it further: still fine for this one.
 	if _, err := pool.Exec(ctx, `INSERT INTO `+migrations.VersionTable+` (version_id, is_applied) VALUES (99999, true)`); err != nil {
 		t.Fatal(err)

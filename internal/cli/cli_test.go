@@ -188,7 +188,8 @@ func TestRunGivesUpWhenTheDatabaseRefuses(t *testing.T) {
 				defer resp.Body.Close()
 				b, _ := io.ReadAll(resp.Body)
 				body = string(b)
-				return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(body, tc.want), nil
+				return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(body, tc.want) &&
+					strings.HasPrefix(body, "not ready: starting: waiting for the database: "), nil
 			})
 			res := <-done
 			elapsed := time.Since(start)

@@ -63,6 +63,7 @@ func TestHost(t *testing.T) {
 		"amqp://h/":                "h",
 		"amqp://u:12/34@h/":        "h", // url.Parse would say u:12
 		"amqps://u:a?b@h:5671":     "h:5671",
+		"amqp://u:p@ss@h/":         "h", // an unencoded '@' in the password
 	}
 	for in, want := range cases {
 		if got := Host(in); got != want {
