@@ -83,6 +83,10 @@ type Config struct {
 	// OnBatch, if set, is called after each batch commits. It runs on the
 	// worker's goroutine and must be quick. Meant for tests and benchmarks.
 	OnBatch func(BatchResult)
+
+	// skipRowChecks publishes rows without checking them against AMQP's
+	// and the broker's limits; set by tests (export_test.go) only.
+	skipRowChecks bool
 }
 
 // Ordering policies (Config.OrderingPolicy).

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -16,6 +15,7 @@ type Proxy struct {
 
 	mu    sync.Mutex
 	up    bool
+	held  bool
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 }
@@ -47,6 +47,22 @@ func (p *Proxy) SetUp(up bool) {
 	if !up {
 		p.Cut()
 	}
+}
+
+// Hold makes the open connections silent (true): bytes are read and
+// dropped in both directions, as when a peer hangs or a network partition
+// swallows packets without resetting anything. Hold(false) resumes
+// forwarding (the dropped bytes are gone).
+func (p *Proxy) Hold(held bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.held = held
+}
+
+func (p *Proxy) isHeld() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.held
 }
 
 // Cut closes every open connection, as a network failure would.
@@ -88,7 +104,18 @@ func (p *Proxy) accept() {
 
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.isHeld() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	_ = dst.Close()
 	_ = src.Close()
 	p.mu.Lock()
