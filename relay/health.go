@@ -30,9 +30,10 @@ var permanentCodes = map[string]bool{
 	"3F000": true, // invalid_schema_name
 }
 
-// asPermanent wraps err in ErrPermanent when it is permanent, and returns
-// nil otherwise.
-func asPermanent(err error) error {
+// Permanent wraps err in ErrPermanent when it is permanent, and returns
+// nil otherwise. It is the one classification of database errors: the
+// relay's workers and the binary's start check both use it.
+func Permanent(err error) error {
 	var pg *pgconn.PgError
 	if !errors.As(err, &pg) {
 		return nil
@@ -61,7 +62,7 @@ type health struct {
 // noteBatchError records a failed batch and reports whether the worker
 // should stop because Run is giving up.
 func (r *Relay) noteBatchError(err error) bool {
-	perm := asPermanent(err)
+	perm := Permanent(err)
 	h := &r.health
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -148,7 +147,7 @@ func checkStart(ctx context.Context, pool *pgxpool.Pool, cfg config.Config, log 
 			return nil
 		case errors.Is(err, migrations.ErrNotMigrated):
 			return err
-		case refusesForGood(err):
+		case relay.Permanent(err) != nil:
 			if refusedSince.IsZero() {
 				refusedSince = time.Now()
 			}
@@ -175,20 +174,6 @@ func checkStart(ctx context.Context, pool *pgxpool.Pool, cfg config.Config, log 
 // startCheckTimeout bounds one start check, so that a database that
 // accepts TCP and never answers is retried like one that refuses.
 const startCheckTimeout = 10 * time.Second
-
-// refusesForGood reports whether err is the database refusing the relay in
-// a way only an operator can fix: SQLSTATE class 28 (invalid
-// authorization: wrong password, no such role, pg_hba) or 3D (no such
-// database). The relay engine classifies the same classes (relay's
-// asPermanent) for errors while running; this is the start check's view.
-func refusesForGood(err error) bool {
-	var pg *pgconn.PgError
-	if !errors.As(err, &pg) || len(pg.Code) < 2 {
-		return false
-	}
-	class := pg.Code[:2]
-	return class == "28" || class == "3D"
-}
 
 func handler(r *relay.Relay, reg *prometheus.Registry, gate *startGate, secrets []string) http.Handler {
 	mux := http.NewServeMux()
