@@ -26,6 +26,7 @@ type testBundle struct {
 	queue string
 	// batches receives every committed batch (the relay's test signal).
 	batches chan relay.BatchResult
+	relay   *relay.Relay
 }
 
 // setup gives a migrated schema, a quorum queue and a relay running on
@@ -46,7 +47,7 @@ func setup(t *testing.T, cfg func(*relay.Config)) *testBundle {
 	if cfg != nil {
 		cfg(&c)
 	}
-	startRelay(t, b.pool, c)
+	b.relay = startRelay(t, b.pool, c)
 	return b
 }
 
