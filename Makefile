@@ -30,10 +30,11 @@ lint: ## go vet and gofmt
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: test
-test: ## install and start the services, lint, run every test with the race detector, then the fault suite
+test: ## install and start the services, lint, run every test with the race detector, a short fuzz of each target, then the fault suite
 	@scripts/services.sh up >/dev/null
 	@$(MAKE) --no-print-directory lint
 	. $(ENV_FILE) && $(GO) test -race -count=1 -timeout 15m ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	@$(MAKE) --no-print-directory fault
 
 .PHONY: fault
@@ -56,7 +57,10 @@ bench-long: ## the short suite plus a 20-minute soak at 2,000 msg/s (BENCH_SOAK 
 	. $(ENV_FILE) && BENCH_N=$(BENCH_N) BENCH_SOAK=$${BENCH_SOAK:-20m} $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 90m ./test/bench | grep --line-buffered -vE '^(goos|goarch|pkg|cpu):'; exit $${PIPESTATUS[0]}
 
 .PHONY: fuzz
-fuzz: ## run each fuzz target for 30s
-	$(GO) test -run '^$$' -fuzz FuzzDecodeHeaders -fuzztime 30s ./relay
-	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 30s ./config
-	$(GO) test -run '^$$' -fuzz FuzzAttemptsHeader -fuzztime 30s ./inbox
+FUZZTIME ?= 30s
+fuzz: ## run each fuzz target for FUZZTIME (30s; make test runs them for 5s)
+	. $(ENV_FILE) && $(GO) test -run '^$$' -fuzz '^FuzzDecodeHeaders$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./relay
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./config
+	$(GO) test -run '^$$' -fuzz '^FuzzSecretNeverEchoed$$' -fuzztime $(FUZZTIME) ./config
+	$(GO) test -run '^$$' -fuzz '^FuzzAttemptsHeader$$' -fuzztime $(FUZZTIME) ./inbox
+	$(GO) test -run '^$$' -fuzz '^FuzzFit$$' -fuzztime $(FUZZTIME) ./inbox
