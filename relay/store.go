@@ -50,7 +50,8 @@ var (
 // Keyed rows (CTE keys, keyed). A loose index scan over
 // outbox_key_unpublished_idx visits the keys that have unpublished rows,
 // one index probe per key, starting after $2 (the last key the worker
-// visited, so keys take turns and a hot key cannot starve the others), and
+// visited, so keys take turns and a hot key cannot starve the others;
+// wrapping to the first key when none is after it), and
 // takes a run of up to $4 rows of each key (keyRun) until the runs add up
 // to $1 rows. Its cost is proportional to the keys visited and the rows
 // taken, not to the backlog: a key with 50,000 pending rows costs one probe
@@ -100,9 +101,15 @@ var (
 var claimBatch = `
 WITH RECURSIVE keys(k, head, ids, total) AS (
     SELECT h.k, r.head, r.ids, r.n
-    FROM (SELECT p.ordering_key AS k FROM outbox p
-          WHERE p.published_at IS NULL AND p.ordering_key > $2
-          ORDER BY p.ordering_key LIMIT 1) h
+    FROM (SELECT f.k FROM (
+            (SELECT p.ordering_key AS k FROM outbox p
+             WHERE p.published_at IS NULL AND p.ordering_key > $2
+             ORDER BY p.ordering_key LIMIT 1)
+            UNION ALL
+            (SELECT p.ordering_key FROM outbox p
+             WHERE p.published_at IS NULL AND p.ordering_key IS NOT NULL
+             ORDER BY p.ordering_key LIMIT 1)) f
+          LIMIT 1) h
     CROSS JOIN LATERAL (` + firstRun + `) r
   UNION ALL
     SELECT h.k, r.head, r.ids, keys.total + r.n

@@ -84,3 +84,29 @@ func (n planNode) outboxRowsRead() float64 {
 	}
 	return sum
 }
+
+// A claim whose key cursor is past every key wraps to the first key, so a
+// worker that just published the last key never comes back empty-handed
+// (and then idle until the next wake-up) while keys wait.
+func TestClaimWrapsPastTheLastKey(t *testing.T) {
+	t.Parallel()
+	pool := testenv.Pool(t, testenv.NewSchema(t, true))
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO outbox (routing_key, payload, ordering_key)
+		SELECT 'q', '\x00', 'key-' || (g % 3) FROM generate_series(1, 30) g`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.BeginTx(ctx, claimTx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	rows, err := claim(ctx, tx, claimArgs{keyedRows: 100, afterKey: "key-9", blockOnDead: true, runMax: 100,
+		batchRows: 100, maxPayload: 1 << 20, maxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 30 {
+		t.Fatalf("claim after the last key took %d rows, want all 30", len(rows))
+	}
+}
