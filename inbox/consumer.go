@@ -10,8 +10,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/outboxrelay/outboxrelay/internal/amqpconn"
 	"github.com/outboxrelay/outboxrelay/internal/backoff"
-	"github.com/outboxrelay/outboxrelay/internal/redact"
 )
 
 // Consumer consumes one queue through the inbox table. Create it with New
@@ -22,9 +22,9 @@ type Consumer struct {
 	log     *slog.Logger
 	m       *metrics
 	br      *breaker
-	dial    backoff.Policy
+	conn    *amqpconn.Manager
+	resub   backoff.Policy // delays between subscriptions on one connection
 	running atomic.Bool
-	secrets []string // the passwords in AMQPURLs, scrubbed from logged errors
 
 	mu     sync.Mutex
 	status string // why not consuming; "" while consuming
@@ -41,16 +41,28 @@ func New(cfg Config) (*Consumer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	reconnect := backoff.Policy{Base: cfg.ReconnectMin, Max: cfg.ReconnectMax}
 	c := &Consumer{
 		cfg:    cfg,
 		log:    cfg.Logger.With("consumer", cfg.Name, "queue", cfg.Queue),
 		m:      newMetrics(cfg.Registerer, cfg.Name),
-		dial:   backoff.Policy{Base: cfg.ReconnectMin, Max: cfg.ReconnectMax},
+		resub:  reconnect,
 		status: "not started",
 	}
-	for _, u := range cfg.AMQPURLs {
-		c.secrets = append(c.secrets, redact.Secrets(u)...)
-	}
+	// A connection proves itself when a message arrives on it (Settled in
+	// subscribe), not when it opens: a delivery that breaks every
+	// connection before one arrives makes the reconnect delays grow.
+	c.conn = amqpconn.New(amqpconn.Config{
+		URLs:      cfg.AMQPURLs,
+		Heartbeat: cfg.Heartbeat,
+		Name:      cfg.ConnectionName,
+		Backoff:   reconnect,
+		Logger:    c.log,
+		Hooks: amqpconn.Hooks{
+			DialFailed: func(error) { c.m.dialFailures.Inc() },
+			Lost:       func(amqpconn.CloseReason) { c.m.reconnects.Inc() },
+		},
+	})
 	c.br = newBreaker(cfg.BreakerThreshold, c.breakerChanged)
 	return c, nil
 }
@@ -70,59 +82,34 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.retain(ctx)
 		}()
 	}
+	// The connection outlives ctx until serve returned, so that messages
+	// in flight are rolled back before it closes under them.
+	connCtx, closeConn := context.WithCancel(context.WithoutCancel(ctx))
+	defer closeConn()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = c.conn.Run(connCtx)
+	}()
 	c.log.Info("inbox consumer started", "concurrency", c.cfg.Concurrency, "prefetch", c.cfg.Prefetch)
-	failures, next := 0, 0
 	for ctx.Err() == nil {
-		u := c.cfg.AMQPURLs[next%len(c.cfg.AMQPURLs)]
 		c.setStatus("connecting to broker")
-		conn, err := amqp.DialConfig(u, amqp.Config{
-			Heartbeat:  c.cfg.Heartbeat,
-			Locale:     "en_US",
-			Dial:       amqp.DefaultDial(10 * time.Second),
-			Properties: amqp.Table{"connection_name": c.cfg.ConnectionName},
-		})
+		conn, err := c.conn.Wait(ctx)
 		if err != nil {
-			c.m.dialFailures.Inc()
-			delay := c.dial.Full(failures)
-			c.log.Warn("broker dial failed", "broker", redact.Host(u), "err", c.scrub(err), "retry_in", delay)
-			failures++
-			next++
-			backoff.Sleep(ctx.Done(), delay)
-			continue
-		}
-		c.log.Info("broker connected", "broker", redact.Host(u))
-		consumed, err := c.serve(ctx, conn)
-		_ = conn.Close()
-		if ctx.Err() != nil {
 			break
 		}
-		c.m.reconnects.Inc()
-		if suspectLoss(err) && c.cfg.IsolationPeriod > 0 && c.cfg.Prefetch > 1 {
+		// serve returns when conn is lost or ctx ends; the manager dials
+		// the next node meanwhile, with backoff.
+		err = c.serve(ctx, conn)
+		if ctx.Err() == nil && suspectLoss(err) && c.cfg.IsolationPeriod > 0 && c.cfg.Prefetch > 1 {
 			c.setIsolated(true)
 		}
-		if consumed {
-			failures = 0
-		}
-		delay := c.dial.Full(failures)
-		c.log.Warn("broker connection lost", "broker", redact.Host(u), "err", c.scrub(err), "retry_in", delay)
-		failures++
-		next++ // a node that just failed is likely still down: try the next one first
-		backoff.Sleep(ctx.Done(), delay)
 	}
+	closeConn()
 	c.setStatus("stopped")
 	wg.Wait()
 	c.log.Info("inbox consumer stopped")
 	return nil
-}
-
-// scrub is err's text without the URLs' passwords. The URLs were checked by
-// New, so the client has no reason to quote one; this is the belt to that
-// braces, for the errors it logs.
-func (c *Consumer) scrub(err error) string {
-	if err == nil {
-		return ""
-	}
-	return redact.Scrub(err.Error(), c.secrets)
 }
 
 // Ready returns nil while the consumer is subscribed and receiving, and an
@@ -169,22 +156,20 @@ func (c *Consumer) breakerChanged(s BreakerState) {
 }
 
 // serve runs subscriptions on conn until the connection is lost or ctx
-// ends. It reports whether any subscription received messages, which
-// resets the reconnect backoff.
-func (c *Consumer) serve(ctx context.Context, conn *amqp.Connection) (bool, error) {
+// ends, and returns why.
+func (c *Consumer) serve(ctx context.Context, conn *amqp.Connection) error {
 	// Buffered, and read until closed below: the client must never block
 	// on a notification we stopped listening to.
 	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
-	consumed, failures := false, 0
+	failures := 0
 	for {
 		if err := c.cooldown(ctx, connClosed); err != nil {
-			return consumed, err
+			return err
 		}
 		ok, live, err := c.subscribe(ctx, conn, connClosed)
-		consumed = consumed || ok
 		switch {
 		case ctx.Err() != nil:
-			return consumed, nil
+			return nil
 		case conn.IsClosed() || errors.Is(err, errConnectionLost):
 			// subscribe may have seen the channel close (or its deliveries
 			// end) before the connection's notification, which then says
@@ -200,7 +185,7 @@ func (c *Consumer) serve(ctx context.Context, conn *amqp.Connection) (bool, erro
 				// Perhaps a delivery the client could not read (see Run).
 				err = errors.Join(errLostConsuming, err)
 			}
-			return consumed, err
+			return err
 		case errors.Is(err, errWiden):
 			failures = 0
 			continue
@@ -210,15 +195,15 @@ func (c *Consumer) serve(ctx context.Context, conn *amqp.Connection) (bool, erro
 		}
 		// The channel closed or the broker cancelled the consumer (queue
 		// deleted, leader moved): subscribe again on this connection.
-		delay := c.dial.Full(failures)
+		delay := c.resub.Full(failures)
 		failures++
 		c.log.Warn("subscription ended", "err", err, "retry_in", delay)
 		c.setStatus("resubscribing")
 		select {
 		case <-ctx.Done():
-			return consumed, nil
+			return nil
 		case e := <-connClosed:
-			return consumed, connErr(e)
+			return connErr(e)
 		case <-time.After(delay):
 		}
 	}
@@ -261,11 +246,7 @@ var (
 // FRAME_ERROR, which a network failure also gives; the two cannot be told
 // apart, so both isolate, which costs only throughput for a while.
 func suspectLoss(err error) bool {
-	var ae *amqp.Error
-	if errors.As(err, &ae) && ae.Server && ae.Code == amqp.ConnectionForced {
-		return false
-	}
-	return errors.Is(err, errLostConsuming)
+	return errors.Is(err, errLostConsuming) && !amqpconn.Outage(err)
 }
 
 // setIsolated switches isolation (prefetch 1) on or off; see

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,7 +58,7 @@ func TestSameMessageFiveTimesIsAppliedOnce(t *testing.T) {
 func TestAckLostAfterCommitIsRecognisedAsDuplicate(t *testing.T) {
 	t.Parallel()
 	env := testenv.Services(t)
-	proxy := testenv.NewProxy(t, brokerAddr(t, env.AMQPURL), true)
+	proxy := testenv.NewProxy(t, testenv.BrokerAddr(t, env.AMQPURL), true)
 	var calls atomic.Int32
 	var cut sync.Once
 	b := setup(t, func(ctx context.Context, tx pgx.Tx, m inbox.Message) error {
@@ -262,7 +264,7 @@ func TestPermanentPoisonAndUnidentifiedMessagesAreDeadLettered(t *testing.T) {
 func TestResumesAfterConnectionCut(t *testing.T) {
 	t.Parallel()
 	env := testenv.Services(t)
-	proxy := testenv.NewProxy(t, brokerAddr(t, env.AMQPURL), true)
+	proxy := testenv.NewProxy(t, testenv.BrokerAddr(t, env.AMQPURL), true)
 	b := setup(t, nil, setupOpts{noStart: true, proxy: proxy, cfg: func(c *inbox.Config) { c.Concurrency = 4 }})
 	const n = 300
 	bodies := map[string]string{}
@@ -496,6 +498,55 @@ func TestReadyAndPromptShutdown(t *testing.T) {
 	}
 	if err := b.consumer.Run(context.Background()); err == nil {
 		t.Errorf("second Run returned nil, want an error")
+	}
+}
+
+// Acceptance (poison issue): a broker that accepts TCP and never speaks
+// does not hold Run for the handshake timeout (10 s): cancelling Run while
+// it dials such a peer makes it return, and the peer sees the socket
+// closed.
+func TestShutdownWhileDiallingASilentBroker(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	b := setup(t, nil, setupOpts{noStart: true, cfg: func(c *inbox.Config) {
+		c.AMQPURLs = []string{"amqp://guest:guest@" + ln.Addr().String() + "/"}
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- b.consumer.Run(ctx) }()
+	var peer net.Conn
+	select {
+	case peer = <-accepted:
+		defer peer.Close()
+	case <-time.After(waitLimit):
+		t.Fatal("the consumer never dialled the silent peer")
+	}
+	if _, err := io.ReadFull(peer, make([]byte, 8)); err != nil { // the protocol header
+		t.Fatalf("read protocol header: %v", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	case <-time.After(5 * time.Second): // well inside the 10 s handshake timeout
+		t.Fatal("Run did not return while dialling a silent broker")
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(waitLimit))
+	if _, err := peer.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("peer read after Run returned = %v, want EOF", err)
 	}
 }
 

@@ -67,9 +67,14 @@
 //     consumer's logs, which name a broker by host.
 //
 // The consumer owns its connection (it does not use the client's
-// experimental recovery): it dials the URL list in turn with jittered
-// backoff and subscribes again after a lost connection, a closed channel or
-// a consumer cancelled by the broker.
+// experimental recovery), through the connection manager it shares with
+// the relay (internal/amqpconn): it dials the URL list in turn with
+// jittered backoff, a node that just failed last, and gives up a dial as
+// soon as Run's context ends, also mid-handshake. The reconnect backoff
+// starts afresh only once a message arrived on a connection, so a
+// delivery that breaks every connection first makes the delays grow. It
+// subscribes again after a lost connection, a closed channel or a consumer
+// cancelled by the broker.
 //
 // Inbox rows of this consumer older than RetentionWindow are deleted in
 // small batches. The window must exceed the longest time a copy of a

@@ -207,7 +207,7 @@ func TestUnreadableDeliveryIsIsolated(t *testing.T) {
 func TestIsolationEndsAfterAQuietPeriod(t *testing.T) {
 	t.Parallel()
 	env := testenv.Services(t)
-	proxy := testenv.NewProxy(t, brokerAddr(t, env.AMQPURL), true)
+	proxy := testenv.NewProxy(t, testenv.BrokerAddr(t, env.AMQPURL), true)
 	hold := make(chan struct{})
 	b := setup(t, func(ctx context.Context, tx pgx.Tx, m inbox.Message) error {
 		if string(m.Body) == "hold" {

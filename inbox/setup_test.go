@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -73,7 +72,7 @@ func setup(t *testing.T, h inbox.Handler, o setupOpts) *testBundle {
 	}
 	amqpURL := env.AMQPURL
 	if o.proxy != nil {
-		amqpURL = viaProxy(t, env.AMQPURL, o.proxy)
+		amqpURL = testenv.WithHost(t, env.AMQPURL, o.proxy.Addr())
 	}
 	cfg := inbox.Config{
 		Queue:        b.queue,
@@ -268,26 +267,6 @@ func kinds(evs []inbox.Event) []string {
 		s = append(s[:50], "...")
 	}
 	return s
-}
-
-func viaProxy(t *testing.T, amqpURL string, p *testenv.Proxy) string {
-	t.Helper()
-	u, err := url.Parse(amqpURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = p.Addr()
-	return u.String()
-}
-
-// brokerAddr is host:port of the broker, for a proxy's target.
-func brokerAddr(t *testing.T, amqpURL string) string {
-	t.Helper()
-	u, err := url.Parse(amqpURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u.Host
 }
 
 func deleteTopology(amqpURL string, topo inbox.Topology) {

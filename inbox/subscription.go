@@ -200,7 +200,10 @@ func (c *Consumer) subscribe(ctx context.Context, conn *amqp.Connection, connClo
 				return received, true, errCancelled
 			}
 		}
-		received = true
+		if !received {
+			c.conn.Settled() // the connection proved itself: reconnect backoff starts afresh
+			received = true
+		}
 	admit:
 		for {
 			ok, st, changed := c.br.admit()
