@@ -40,9 +40,10 @@ type Config struct {
 	// MaxPayloadBytes parks larger payloads as dead without loading them
 	// (default 16 MiB).
 	MaxPayloadBytes int
-	// MaxBatchBytes caps the payload bytes one batch loads (default 64
-	// MiB, at least MaxPayloadBytes): the relay's memory follows this, not
-	// the table. A batch stops at the row that would cross it.
+	// MaxBatchBytes caps the payload bytes one batch loads (default 16
+	// MiB, at least MaxPayloadBytes): the relay's memory follows Workers
+	// times this, not the table. A batch stops at the row that would cross
+	// it (its first row always fits).
 	MaxBatchBytes int64
 	// ShutdownTimeout is how long in-flight batches may finish after the
 	// Run context ends (default 10s); then they are abandoned.
@@ -119,7 +120,7 @@ func (c *Config) setDefaults() {
 	defInt(&c.MaxAttempts, 10)
 	defInt(&c.MaxPayloadBytes, 16<<20)
 	if c.MaxBatchBytes == 0 {
-		c.MaxBatchBytes = max(64<<20, int64(c.MaxPayloadBytes))
+		c.MaxBatchBytes = max(16<<20, int64(c.MaxPayloadBytes))
 	}
 	def(&c.PollInterval, time.Second)
 	def(&c.ConfirmTimeout, 30*time.Second)
@@ -156,7 +157,7 @@ func (c *Config) validate() error {
 	case c.Retention < 0:
 		return errors.New("relay: Retention must not be negative")
 	case c.MaxBatchBytes < int64(c.MaxPayloadBytes):
-		return errors.New("relay: MaxBatchBytes is below MaxPayloadBytes")
+		return errors.New("relay: MaxBatchBytes (max_batch_bytes) is below MaxPayloadBytes (max_payload_bytes)")
 	case c.RetryMax < c.RetryBase:
 		return errors.New("relay: RetryMax is below RetryBase")
 	case c.ReconnectMax < c.ReconnectMin:

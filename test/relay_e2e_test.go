@@ -88,7 +88,7 @@ func TestBadConfigurationExitsWithOneClearLine(t *testing.T) {
 		{"missing amqp url", good[:1], nil, "amqp_url: is required"},
 		{"bad duration", append(good, "RELAY_POLL_INTERVAL=soon"), nil, "poll_interval (from RELAY_POLL_INTERVAL): must be a duration"},
 		{"bad log level", append(good, "RELAY_LOG_LEVEL=loud"), nil, "log_level (from RELAY_LOG_LEVEL): must be one of"},
-		{"not a postgres url", []string{"RELAY_DATABASE_URL=mysql://u:pw-in-config@h/db", "RELAY_AMQP_URL=amqp://h/"}, nil, "database_url (from RELAY_DATABASE_URL): must be a postgres:// URL"},
+		{"not a postgres url", []string{"RELAY_DATABASE_URL=mysql://u:pw-in-config@h/db", "RELAY_AMQP_URL=amqp://h/"}, nil, "database_url (from RELAY_DATABASE_URL): must be a URL with a host (postgres:// or postgresql://)"},
 		{"unknown flag", good, []string{"--bogus"}, "unknown flag: --bogus"},
 	}
 	for _, tc := range cases {

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -35,6 +37,7 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 		return fmt.Errorf("database_url: %s", redact.Scrub(err.Error(), cfg.Secrets()))
 	}
 	poolCfg.MaxConns = int32(cfg.Workers + 4)
+	setMemoryLimit(e, cfg)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	poolCfg.ConnConfig.Tracer = newRoundTrips(reg)
@@ -174,6 +177,24 @@ func checkStart(ctx context.Context, pool *pgxpool.Pool, cfg config.Config, log 
 // startCheckTimeout bounds one start check, so that a database that
 // accepts TCP and never answers is retried like one that refuses.
 const startCheckTimeout = 10 * time.Second
+
+// setMemoryLimit gives the Go runtime a soft memory limit that follows the
+// configuration (unless GOMEMLIMIT is set): each worker holds at most one
+// batch of payloads (max_batch_bytes) and pgx's read buffer for its
+// largest row, so twice that per worker plus 48 MiB for the rest. Without
+// a limit the garbage collector lets the heap grow to twice the live data
+// before it runs, and large payloads would double the relay's memory for
+// nothing (measured: a peak RSS of 238 MiB with 16 MiB payloads under
+// load, against 200 MiB promised).
+func setMemoryLimit(e *env, cfg config.Config) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	batch := max(cfg.MaxBatchBytes, 16<<20, int64(cfg.MaxPayloadBytes))
+	limit := int64(cfg.Workers)*2*batch + 48<<20
+	debug.SetMemoryLimit(limit)
+	e.log.Debug("memory limit", "bytes", limit)
+}
 
 func handler(r *relay.Relay, reg *prometheus.Registry, gate *startGate, secrets []string) http.Handler {
 	mux := http.NewServeMux()

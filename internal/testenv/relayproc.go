@@ -15,45 +15,53 @@ import (
 	"time"
 )
 
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
+// build is one build of the relay binary, made once per test process.
+type build struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+// builds holds the binary with the race detector (true) and without.
+var builds = map[bool]*build{true: {}, false: {}}
 
 // RelayBinary builds the relay once per test process and returns its
 // path. It has the race detector when the test binary has it (tests), and
 // not otherwise (benchmarks).
-func RelayBinary(t testing.TB) string {
+func RelayBinary(t testing.TB) string { return relayBinary(t, raceEnabled) }
+
+func relayBinary(t testing.TB, race bool) string {
 	t.Helper()
-	buildOnce.Do(func() {
+	b := builds[race]
+	b.once.Do(func() {
 		dir, err := os.MkdirTemp("", "relay-bin")
 		if err != nil {
-			buildErr = err
+			b.err = err
 			return
 		}
-		builtBin = filepath.Join(dir, "relay")
-		args := []string{"build", "-o", builtBin}
-		if raceEnabled {
+		b.bin = filepath.Join(dir, "relay")
+		args := []string{"build", "-o", b.bin}
+		if race {
 			args = append(args, "-race")
 		}
 		cmd := exec.Command("go", append(args, "./cmd/relay")...)
 		cmd.Dir = Root()
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			b.err = fmt.Errorf("go build: %v\n%s", err, out)
 		}
 	})
-	if buildErr != nil {
-		t.Fatalf("build relay: %v", buildErr)
+	if b.err != nil {
+		t.Fatalf("build relay: %v", b.err)
 	}
-	return builtBin
+	return b.bin
 }
 
 // RelayProc is a `relay run` process.
 type RelayProc struct {
 	t       testing.TB
 	env     []string
+	plain   bool   // the binary as shipped, without the race detector
 	HTTP    string // base URL of its metrics and health endpoints
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -67,7 +75,20 @@ type RelayProc struct {
 // exit 0 (unless the test killed it).
 func StartRelayProc(t testing.TB, env ...string) *RelayProc {
 	t.Helper()
-	p := &RelayProc{t: t, env: env}
+	return startRelayProc(t, &RelayProc{t: t, env: env})
+}
+
+// StartPlainRelayProc is StartRelayProc with the binary as shipped, built
+// without the race detector even under `go test -race`: for tests that
+// measure the process (memory), which the detector's shadow memory would
+// multiply.
+func StartPlainRelayProc(t testing.TB, env ...string) *RelayProc {
+	t.Helper()
+	return startRelayProc(t, &RelayProc{t: t, env: env, plain: true})
+}
+
+func startRelayProc(t testing.TB, p *RelayProc) *RelayProc {
+	t.Helper()
 	p.Start()
 	t.Cleanup(func() {
 		if err := p.Stop(); err != nil {
@@ -89,7 +110,7 @@ func (p *RelayProc) Start() {
 	addr := ln.Addr().String()
 	_ = ln.Close()
 	p.HTTP = "http://" + addr
-	cmd := exec.Command(RelayBinary(p.t), "run")
+	cmd := exec.Command(relayBinary(p.t, raceEnabled && !p.plain), "run")
 	cmd.Env = append(CleanEnv(), append([]string{"RELAY_HTTP_ADDR=" + addr, "RELAY_LOG_FORMAT=json"}, p.env...)...)
 	w := &lockedWriter{mu: &p.mu, b: &p.logs}
 	cmd.Stdout, cmd.Stderr = w, w
