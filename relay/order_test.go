@@ -337,3 +337,31 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("metric %s not found", name)
 	return 0
 }
+
+// A key's run stops before its first row that is not due: the rows after
+// it wait, though they are due themselves (a run is a prefix of the key's
+// queue, never a selection from it).
+func TestRunStopsAtARowNotYetDue(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := context.Background()
+	key := testenv.Name("k")
+	ids, err := outbox.Enqueue(ctx, b.pool,
+		outbox.Message{RoutingKey: b.queue, Payload: []byte("1"), OrderingKey: key},
+		outbox.Message{RoutingKey: b.queue, Payload: []byte("2"), OrderingKey: key, AvailableAt: time.Now().Add(time.Hour)},
+		outbox.Message{RoutingKey: b.queue, Payload: []byte("3"), OrderingKey: key},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sentinel, err := outbox.Enqueue(ctx, b.pool, outbox.Message{RoutingKey: b.queue, Payload: []byte("sentinel")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.waitPublished(t, append(sentinel, ids[0])...)
+	for _, id := range ids[1:] {
+		if published(t, b.pool, id) {
+			t.Fatalf("row %s published while an earlier row of its key is not due", id)
+		}
+	}
+}

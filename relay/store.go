@@ -8,40 +8,36 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// keyRun is the part of claimBatch that finds a run for one ordering key
-// h.k: the key's first unpublished rows in id order (dead ones too under
-// the block policy, $3), up to $4 of them, cut before the first row that
-// is dead or not yet due (a running bool_and), so the run is always a
-// prefix of the key's queue. The run's head is then locked with SKIP
-// LOCKED: when another relay holds it, that relay is publishing the key
-// and the run counts for nothing (n = 0, head NULL).
+// keyHead is the part of claimBatch that sizes and locks one ordering key
+// h.k: it counts the key's first unpublished rows in id order (dead ones
+// too under the block policy, $3), up to %[1]s, and locks the first of them,
+// the key's head, with SKIP LOCKED, provided it is due and not dead. When
+// another relay holds the head, that relay is publishing the key, and when
+// the head is dead or waiting for a retry, nothing of the key can go:
+// either way the key counts for nothing (n = 0, head NULL).
 //
 // The range `ordering_key >= h.k AND ordering_key <= h.k` is equality
 // written so that only outbox_key_unpublished_idx (ordering_key, id) can
 // serve ORDER BY ordering_key, id without a sort: with `=`, the planner may
 // prefer the primary key filtered by key, which reads every row of the
 // backlog up to the key's rows when a key is rare.
-//
-// keyRun is a format: %s is the run's limit, $4 for the first key and
-// what is left of the batch for the next ones, so the keyed part of a
-// batch never exceeds $1 rows.
-const keyRun = `
-        SELECT l.id AS head, x.ids, CASE WHEN l.id IS NULL THEN 0 ELSE x.n END AS n
-        FROM (SELECT min(y.id) AS first, array_agg(y.id ORDER BY y.id) AS ids, count(*) AS n
-              FROM (SELECT o.id, bool_and(o.dead_at IS NULL AND o.available_at <= now())
-                                   OVER (ORDER BY o.ordering_key, o.id) AS ok
-                    FROM outbox o
+const keyHead = `
+        SELECT l.id AS head, CASE WHEN l.id IS NULL THEN 0 ELSE c.n END AS n, %[1]s AS lim
+        FROM (SELECT min(y.id) AS first, count(*) AS n
+              FROM (SELECT o.id FROM outbox o
                     WHERE o.ordering_key >= h.k AND o.ordering_key <= h.k AND o.published_at IS NULL
                       AND (o.dead_at IS NULL OR $3)
-                    ORDER BY o.ordering_key, o.id LIMIT %s) y
-              WHERE y.ok) x
+                    ORDER BY o.ordering_key, o.id LIMIT %[1]s) y) c
         LEFT JOIN LATERAL (SELECT l.id FROM outbox l
-                           WHERE l.id = x.first AND l.published_at IS NULL AND l.dead_at IS NULL
+                           WHERE l.id = c.first AND l.published_at IS NULL AND l.dead_at IS NULL
+                             AND l.available_at <= now()
                            FOR UPDATE SKIP LOCKED) l ON true`
 
+// The first key's run may take $4 rows; the next ones what is left of the
+// batch, so the keyed part of a batch never exceeds $1 rows.
 var (
-	firstRun = fmt.Sprintf(keyRun, "least($4::bigint, $1::bigint)")
-	nextRun  = fmt.Sprintf(keyRun, "least($4::bigint, $1::bigint - keys.total)")
+	firstHead = fmt.Sprintf(keyHead, "least($4::bigint, $1::bigint)")
+	nextHead  = fmt.Sprintf(keyHead, "least($4::bigint, $1::bigint - keys.total)")
 )
 
 // claimBatch takes one batch in one statement, from two sources that never
@@ -51,15 +47,18 @@ var (
 // outbox_key_unpublished_idx visits the keys that have unpublished rows,
 // one index probe per key, starting after $2 (the last key the worker
 // visited, so keys take turns and a hot key cannot starve the others;
-// wrapping to the first key when none is after it), and
-// takes a run of up to $4 rows of each key (keyRun) until the runs add up
-// to $1 rows. Its cost is proportional to the keys visited and the rows
-// taken, not to the backlog: a key with 50,000 pending rows costs one probe
-// and a 500-row index range. A key whose head another relay holds is
-// passed over. The runs' rows are then locked with SKIP LOCKED and returned
-// with their rank in the run (rn); the worker publishes a run only as far
-// as its ranks are contiguous from 1, so a row that another transaction
-// locked or published in between can never be overtaken.
+// wrapping to the first key when none is after it), sizes each key's run
+// and locks its head (keyHead), until the runs add up to $1 rows. Then, for
+// each key whose head it holds, it reads and locks the run itself: the
+// key's unpublished rows from the head on, in id order, with ok saying
+// whether each is due and not dead. The worker publishes a run up to its
+// first row that is not ok, so a run is always a prefix of the key's
+// queue. This lock waits instead of skipping: holding the head, no relay
+// can hold a later row of the key, so only an operator's statement could
+// make it wait, briefly, and skipping a row would let the next one
+// overtake it. Its cost is proportional to the keys visited and the rows
+// taken, not to the backlog: a key with 50,000 pending rows costs one
+// probe and two 500-entry index ranges.
 //
 // Unkeyed rows (CTE unkeyed): the oldest due rows from
 // outbox_pending_unkeyed_idx, in id order from $5 (see worker.low), SKIP
@@ -73,34 +72,40 @@ var (
 // returned without its payload is either too large (failed by the worker)
 // or over the batch budget (released untouched, with every row after it).
 //
-// Plan (PostgreSQL 15, 50,000 pending rows over 20 keys, batch 500,
-// EXPLAIN (ANALYZE, BUFFERS) under enable_bitmapscan = off; see claimTx):
+// Plan (PostgreSQL 15, EXPLAIN (ANALYZE, BUFFERS) under enable_bitmapscan
+// = off, see claimTx; 50,000 pending rows over 20 keys, just analyzed, not
+// vacuumed; a batch of 500; TestClaimReadsKeysAndBatchNotBacklog in
+// store_test.go checks the rows read on every run):
 //
-//	WindowAgg (actual time=9.96..10.60 rows=500)
+//	WindowAgg (actual time=2.18..2.81 rows=500)              Buffers: shared hit=823
 //	  CTE keys
 //	    -> Recursive Union (rows=1)
-//	         -> Limit -> Index Only Scan using outbox_key_unpublished_idx on outbox p (rows=1)
-//	              Index Cond: (ordering_key > '')
-//	         -> Aggregate -> Limit (rows=500) -> WindowAgg
-//	              -> Index Scan using outbox_key_unpublished_idx on outbox o (rows=501)
+//	         -> Limit -> Append -> Limit
+//	              -> Index Only Scan using outbox_key_unpublished_idx on outbox p (rows=1)
+//	                   Index Cond: (ordering_key > '')
+//	         -> Aggregate -> Limit (rows=500)
+//	              -> Index Only Scan using outbox_key_unpublished_idx on outbox o (rows=500)
 //	                   Index Cond: ((ordering_key >= p.ordering_key) AND (ordering_key <= p.ordering_key))
-//	         -> LockRows -> Index Scan using outbox_pkey on outbox l (rows=1)
+//	         -> LockRows -> Index Scan using outbox_pkey on outbox l (rows=1): the head
 //	         -> WorkTable Scan on keys (rows=0): Filter: (total < 500), the batch is full
 //	  CTE keyed
-//	    -> LockRows (rows=500) -> Nested Loop
-//	         -> Function Scan on unnest u (rows=500)
-//	         -> Index Scan using outbox_pkey on outbox (loops=500)
+//	    -> Nested Loop (rows=500)
+//	         -> CTE Scan on keys (rows=1)
+//	         -> Limit -> LockRows (rows=500)
+//	              -> Index Scan using outbox_key_unpublished_idx on outbox o_2 (rows=500)
+//	                   Index Cond: ((ordering_key >= k) AND (ordering_key <= k) AND (id >= head))
 //	  CTE unkeyed
 //	    -> Limit -> LockRows -> Index Scan using outbox_pending_unkeyed_idx (rows=0)
 //	  -> Sort (rows=500) -> Append
-//	Execution Time: 10.6 ms (the 50,000-row backlog is never read: 501
-//	index entries for the run, one probe per key)
+//	Execution Time: 2.55 ms (an unkeyed claim of 500 rows: 1.2 ms)
 //
+// The 50,000-row backlog is never read: one probe per key visited and two
+// ranges of 500 index entries for the run.
 // The previous claim (a scan of every pending row in id order, keeping
 // heads only) read all 50,000 rows with a sub-plan each for 20 heads: 464 ms.
 var claimBatch = `
-WITH RECURSIVE keys(k, head, ids, total) AS (
-    SELECT h.k, r.head, r.ids, r.n
+WITH RECURSIVE keys(k, head, lim, total) AS (
+    SELECT h.k, r.head, r.lim, r.n
     FROM (SELECT f.k FROM (
             (SELECT p.ordering_key AS k FROM outbox p
              WHERE p.published_at IS NULL AND p.ordering_key > $2
@@ -110,26 +115,31 @@ WITH RECURSIVE keys(k, head, ids, total) AS (
              WHERE p.published_at IS NULL AND p.ordering_key IS NOT NULL
              ORDER BY p.ordering_key LIMIT 1)) f
           LIMIT 1) h
-    CROSS JOIN LATERAL (` + firstRun + `) r
+    CROSS JOIN LATERAL (` + firstHead + `) r
   UNION ALL
-    SELECT h.k, r.head, r.ids, keys.total + r.n
+    SELECT h.k, r.head, r.lim, keys.total + r.n
     FROM keys
     CROSS JOIN LATERAL (SELECT p.ordering_key AS k FROM outbox p
           WHERE p.published_at IS NULL AND p.ordering_key > keys.k
           ORDER BY p.ordering_key LIMIT 1) h
-    CROSS JOIN LATERAL (` + nextRun + `) r
+    CROSS JOIN LATERAL (` + nextHead + `) r
     WHERE keys.total < $1
 ),
 keyed AS (
-    SELECT o.id, u.rn, o.message_id, o.exchange, o.routing_key, o.payload, o.content_type, o.headers,
-           o.created_at, o.attempts, o.ordering_key, o.suspected
-    FROM keys CROSS JOIN LATERAL unnest(keys.ids) WITH ORDINALITY AS u(id, rn)
-    JOIN outbox o ON o.id = u.id
-    WHERE keys.head IS NOT NULL AND o.published_at IS NULL AND o.dead_at IS NULL
-    FOR UPDATE OF o SKIP LOCKED
+    SELECT r.* FROM keys CROSS JOIN LATERAL (
+        SELECT o.id, keys.head, o.dead_at IS NULL AND o.available_at <= now() AS ok,
+               o.message_id, o.exchange, o.routing_key, o.payload, o.content_type, o.headers,
+               o.created_at, o.attempts, o.ordering_key, o.suspected
+        FROM outbox o
+        WHERE o.ordering_key >= keys.k AND o.ordering_key <= keys.k AND o.published_at IS NULL
+          AND (o.dead_at IS NULL OR $3) AND o.id >= keys.head
+        ORDER BY o.ordering_key, o.id LIMIT keys.lim
+        FOR UPDATE) r
+    WHERE keys.head IS NOT NULL
 ),
 unkeyed AS (
-    SELECT o.id, 0::bigint AS rn, o.message_id, o.exchange, o.routing_key, o.payload, o.content_type, o.headers,
+    SELECT o.id, 0::bigint AS head, true AS ok,
+           o.message_id, o.exchange, o.routing_key, o.payload, o.content_type, o.headers,
            o.created_at, o.attempts, o.ordering_key, o.suspected
     FROM outbox o
     WHERE o.ordering_key IS NULL AND o.published_at IS NULL AND o.dead_at IS NULL
@@ -141,7 +151,7 @@ unkeyed AS (
 claimed AS (
     SELECT * FROM keyed UNION ALL SELECT * FROM unkeyed
 )
-SELECT c.id, c.rn, c.message_id::text, c.exchange, c.routing_key,
+SELECT c.id, c.head, c.ok, c.message_id::text, c.exchange, c.routing_key,
        CASE WHEN octet_length(c.payload) <= $7
              AND sum(CASE WHEN octet_length(c.payload) <= $7 THEN octet_length(c.payload) ELSE 0 END)
                  OVER (ORDER BY c.id) <= $8
@@ -179,7 +189,8 @@ const markSuspected = `UPDATE outbox SET suspected = true WHERE id = ANY($1) AND
 
 type claimed struct {
 	id          int64
-	rn          int64 // rank in its key's run (1 = the key's head); 0 without a key
+	head        int64 // the id of its key's head (the run starts there); 0 without a key
+	ok          bool  // due and not dead: a run is published up to its first row that is not ok
 	messageID   string
 	exchange    string
 	routingKey  string
@@ -213,7 +224,7 @@ func claim(ctx context.Context, tx pgx.Tx, a claimArgs) ([]claimed, error) {
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
 		var c claimed
-		err := row.Scan(&c.id, &c.rn, &c.messageID, &c.exchange, &c.routingKey, &c.payload, &c.size,
+		err := row.Scan(&c.id, &c.head, &c.ok, &c.messageID, &c.exchange, &c.routingKey, &c.payload, &c.size,
 			&c.contentType, &c.headers, &c.createdAt, &c.attempts, &c.key, &c.suspected)
 		return c, err
 	})

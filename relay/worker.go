@@ -265,7 +265,7 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 	msgs := make([]amqp.Publishing, len(rows))
 	frameMax := w.r.broker.frameMax()
 	held := map[string]bool{} // keys whose earlier row did not go out in this batch
-	next := make(map[string]int64)
+	started := map[string]bool{} // keys whose head this batch has taken
 
 	var segment []int
 	flush := func() error {
@@ -279,13 +279,13 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 	for i := range rows {
 		row := &rows[i]
 		if row.key != "" {
-			// A run is published only as far as its ranks are contiguous
-			// from 1: a missing rank is a row this batch does not hold.
-			if held[row.key] || row.rn != next[row.key]+1 {
+			// A run is published from its key's head, in id order, up to
+			// its first row that is dead or not yet due.
+			if held[row.key] || (!started[row.key] && row.id != row.head) || !row.ok {
 				held[row.key] = true
 				continue
 			}
-			next[row.key] = row.rn
+			started[row.key] = true
 		}
 		if row.payload == nil && row.size <= w.r.cfg.MaxPayloadBytes {
 			break // over the batch's byte budget: this row and the rest wait
