@@ -264,7 +264,7 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 	outs := make([]outcome, len(rows))
 	msgs := make([]amqp.Publishing, len(rows))
 	frameMax := w.r.broker.frameMax()
-	held := map[string]bool{} // keys whose earlier row did not go out in this batch
+	held := map[string]bool{}    // keys whose earlier row did not go out in this batch
 	started := map[string]bool{} // keys whose head this batch has taken
 
 	var segment []int
