@@ -164,8 +164,10 @@ ORDER BY c.id`
 // claimTx begins a batch's transaction. Bitmap scans are off for it: for a
 // key with a few thousand pending rows the planner would otherwise read
 // all of them through a bitmap and sort them to take the first 500, where
-// the ordered index scan reads 501 (see claimBatch).
-var claimTx = pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL enable_bitmapscan = off"}
+// the ordered index scan reads 501 (see claimBatch). The lock timeout
+// bounds the one wait the claim may have (a run's row locked by an
+// operator's statement): past it the batch is abandoned and retried.
+var claimTx = pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL lock_timeout = '5s'"}
 
 // markPublished and markFailed run together in one pgx.Batch: one round
 // trip per batch, whatever its size. published_at is the time of the mark,
