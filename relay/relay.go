@@ -256,7 +256,7 @@ func (r *Relay) Run(parent context.Context) error {
 		r.stats(ctx)
 	}()
 	for i := 0; i < r.cfg.Workers; i++ {
-		w := &worker{r: r, id: i, log: r.log.With("worker", i)}
+		w := &worker{r: r, id: i, log: r.log.With("worker", i), keysPending: true}
 		go func() {
 			defer wg.Done()
 			w.run(ctx, hard)

@@ -101,7 +101,7 @@ func TestClaimWrapsPastTheLastKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	rows, err := claim(ctx, tx, claimArgs{keyedRows: 100, afterKey: "key-9", blockOnDead: true, runMax: 100,
+	rows, _, err := claim(ctx, tx, claimArgs{keyedRows: 100, afterKey: "key-9", blockOnDead: true, runMax: 100,
 		batchRows: 100, maxPayload: 1 << 20, maxBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)

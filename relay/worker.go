@@ -36,6 +36,11 @@ type worker struct {
 	// last key of the previous batch, so keys take turns.
 	afterKey string
 
+	// keysPending is false while no ordering key has unpublished rows (as
+	// the last claim's probe saw), and the worker then sends the plain
+	// unkeyed claim. Any wake-up sets it, since a keyed row may have come.
+	keysPending bool
+
 	// keyedDone is set when the last batch published a keyed row: the next
 	// rows of its key may be claimable at once, so claim again without
 	// waiting for a wake-up.
@@ -118,7 +123,8 @@ func (w *worker) run(stop, ioctx context.Context) {
 		case <-w.r.wake:
 		case <-poll.C:
 		}
-		w.fullScan = true // a wake-up may be for a row below low
+		// A wake-up may be for a row below low, or for a keyed row.
+		w.fullScan, w.keysPending = true, true
 	}
 }
 
@@ -142,7 +148,8 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 		from, w.fullScan, w.lastFull = 0, false, time.Now()
 	}
 	cfg := &w.r.cfg
-	rows, err := claim(ctx, tx, claimArgs{
+	unkeyedOnly := !w.keysPending
+	rows, keys, err := claim(ctx, tx, claimArgs{
 		keyedRows:   cfg.BatchSize,
 		afterKey:    w.afterKey,
 		blockOnDead: cfg.OrderingPolicy != OrderingSkip,
@@ -151,10 +158,19 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 		batchRows:   cfg.BatchSize,
 		maxPayload:  cfg.MaxPayloadBytes,
 		maxBytes:    cfg.MaxBatchBytes,
+		unkeyedOnly: unkeyedOnly,
 	})
 	if err != nil {
 		w.r.m.dbErrors.Inc()
-		w.fullScan = true
+		w.fullScan, w.keysPending = true, true
+		return 0, err
+	}
+	w.keysPending = keys
+	// Keys appeared while this claim looked at unkeyed rows only: claim
+	// again at once, with the keyed half.
+	w.keyedDone = unkeyedOnly && keys
+	if err := loadPayloads(ctx, tx, rows, cfg.MaxPayloadBytes, cfg.MaxBatchBytes); err != nil {
+		w.r.m.dbErrors.Inc()
 		return 0, err
 	}
 	w.advanceCursors(rows)
