@@ -2,8 +2,10 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -158,15 +160,83 @@ RETURNING id`
 // Requeue moves dead rows back to pending: the rows with the given ids, or
 // every dead row when ids is nil. It returns the ids it requeued; an id
 // that was not dead (or does not exist) is simply not among them.
+//
+// A dead row that still breaks a row limit (see migration 3) cannot be
+// made pending: the table's CHECK constraints refuse it. Then Requeue
+// requeues the others one by one and returns them with a *RefusedError
+// naming each refused row and its constraint.
 func Requeue(ctx context.Context, db DB, ids []int64) ([]int64, error) {
-	rows, err := db.Query(ctx, requeue, ids)
+	done, err := requeueRows(ctx, db, ids)
+	if err == nil {
+		return done, nil
+	}
+	if !isCheckViolation(err) {
+		return nil, fmt.Errorf("requeue: %w", err)
+	}
+	// One row or more breaks a limit: find them, one row at a time.
+	rows, err := db.Query(ctx, `SELECT id FROM outbox WHERE dead_at IS NOT NULL AND ($1::bigint[] IS NULL OR id = ANY($1)) ORDER BY id`, ids)
 	if err != nil {
 		return nil, fmt.Errorf("requeue: %w", err)
+	}
+	dead, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("requeue: %w", err)
+	}
+	refused := &RefusedError{Constraints: map[int64]string{}}
+	done = nil
+	for _, id := range dead {
+		one, err := requeueRows(ctx, db, []int64{id})
+		var pg *pgconn.PgError
+		switch {
+		case err == nil:
+			done = append(done, one...)
+		case errors.As(err, &pg) && pg.Code == checkViolation:
+			refused.IDs = append(refused.IDs, id)
+			refused.Constraints[id] = pg.ConstraintName
+		default:
+			return done, fmt.Errorf("requeue: %w", err)
+		}
+	}
+	if len(refused.IDs) == 0 {
+		return done, nil
+	}
+	return done, refused
+}
+
+func requeueRows(ctx context.Context, db DB, ids []int64) ([]int64, error) {
+	rows, err := db.Query(ctx, requeue, ids)
+	if err != nil {
+		return nil, err
 	}
 	done, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil {
-		return nil, fmt.Errorf("requeue: %w", err)
+		return nil, err
 	}
 	sort.Slice(done, func(i, j int) bool { return done[i] < done[j] })
 	return done, nil
+}
+
+// checkViolation is SQLSTATE check_violation.
+const checkViolation = "23514"
+
+func isCheckViolation(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && pg.Code == checkViolation
+}
+
+// RefusedError lists dead rows Requeue left dead because they still break
+// a row limit; fix the field in the same UPDATE that requeues the row (see
+// the README, "Row limits").
+type RefusedError struct {
+	IDs         []int64
+	Constraints map[int64]string // id -> the CHECK constraint it breaks
+}
+
+func (e *RefusedError) Error() string {
+	parts := make([]string, len(e.IDs))
+	for i, id := range e.IDs {
+		parts[i] = fmt.Sprintf("%d (%s)", id, e.Constraints[id])
+	}
+	return "requeue: rows that still break a row limit were left dead: " + strings.Join(parts, ", ") +
+		"; fix the field in the UPDATE that requeues them"
 }

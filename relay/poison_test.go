@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -171,4 +172,29 @@ func deadState(t *testing.T, pool *pgxpool.Pool, messageID string) (dead bool, l
 		t.Fatal(err)
 	}
 	return dead, lastErr
+}
+
+// A dead row that still breaks a row limit cannot be requeued (the table
+// refuses it); Requeue requeues the other dead rows and names the refused
+// one with its constraint, instead of failing them all.
+func TestRequeueLeavesRowsThatBreakALimit(t *testing.T) {
+	t.Parallel()
+	pool := testenv.Pool(t, testenv.NewSchema(t, true))
+	ctx := context.Background()
+	var good, bad int64
+	if err := pool.QueryRow(ctx, `INSERT INTO outbox (routing_key, payload, dead_at) VALUES ('q', '\x00', now()) RETURNING id`).Scan(&good); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `INSERT INTO outbox (routing_key, payload, exchange, dead_at)
+		VALUES ('q', '\x00', repeat('e', 300), now()) RETURNING id`).Scan(&bad); err != nil {
+		t.Fatal(err)
+	}
+	done, err := relay.Requeue(ctx, pool, nil)
+	var refused *relay.RefusedError
+	if !errors.As(err, &refused) || len(refused.IDs) != 1 || refused.IDs[0] != bad || refused.Constraints[bad] != "outbox_exchange_len" {
+		t.Fatalf("Requeue error = %v, want the row %d refused by outbox_exchange_len", err, bad)
+	}
+	if len(done) != 1 || done[0] != good {
+		t.Fatalf("requeued %v, want [%d]", done, good)
+	}
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -151,10 +152,14 @@ func runRequeue(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSe
 	}
 	defer pool.Close()
 	done, err := relay.Requeue(ctx, pool, ids)
-	if err != nil {
+	var refused *relay.RefusedError
+	if err != nil && !errors.As(err, &refused) {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "requeued %d dead row(s)%s\n", len(done), listSuffix(done))
+	if refused != nil {
+		return refused
+	}
 	var missing []int64
 	got := map[int64]bool{}
 	for _, id := range done {
