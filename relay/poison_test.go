@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"errors"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -42,7 +43,9 @@ func TestPoisonRowIsParkedAndGoodRowsFlow(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			t.Parallel()
 			reg := prometheus.NewRegistry()
+			proxy := brokerProxy(t)
 			b := setup(t, func(c *relay.Config) {
+				c.AMQPURLs = []string{proxy.url}
 				c.Registerer = reg
 				c.BatchSize = 50
 			})
@@ -59,6 +62,9 @@ func TestPoisonRowIsParkedAndGoodRowsFlow(t *testing.T) {
 			if n := counterValue(t, reg, "outboxrelay_relay_broker_reconnects_total"); n != 0 {
 				t.Errorf("%v broker reconnects over one poison row, want 0", n)
 			}
+			if n := proxy.Accepted(); n != 1 {
+				t.Errorf("the relay opened %d connections to the broker, want 1", n)
+			}
 		})
 	}
 }
@@ -74,7 +80,9 @@ func TestSuspectRowIsIsolatedAndCharged(t *testing.T) {
 	t.Parallel()
 	const maxAttempts = 3
 	reg := prometheus.NewRegistry()
+	proxy := brokerProxy(t)
 	b := setup(t, func(c *relay.Config) {
+		c.AMQPURLs = []string{proxy.url}
 		c.Registerer = reg
 		c.BatchSize = 50
 		c.MaxAttempts = maxAttempts
@@ -103,9 +111,31 @@ func TestSuspectRowIsIsolatedAndCharged(t *testing.T) {
 	if n := counterValue(t, reg, "outboxrelay_relay_broker_reconnects_total"); n < 1 || n > 1+maxAttempts {
 		t.Errorf("%v broker reconnects, want between 1 and %d", n, 1+maxAttempts)
 	}
+	// Counted on the wire: the first connection, plus one after each loss.
+	if n := proxy.Accepted(); n < 2 || n > 2+maxAttempts {
+		t.Errorf("the relay opened %d connections to the broker, want between 2 and %d", n, 2+maxAttempts)
+	}
 	if n := counterValue(t, reg, "outboxrelay_relay_suspected_total"); n < 1 {
 		t.Errorf("suspected_total = %v, want at least the poison row", n)
 	}
+}
+
+// proxiedBroker is the test broker behind a TCP proxy that counts the
+// connections the relay opens.
+type proxiedBroker struct {
+	*testenv.Proxy
+	url string
+}
+
+func brokerProxy(t *testing.T) proxiedBroker {
+	t.Helper()
+	u, err := url.Parse(testenv.Services(t).AMQPURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testenv.NewProxy(t, u.Host, true)
+	u.Host = p.Addr()
+	return proxiedBroker{p, u.String()}
 }
 
 // dropRowLimits removes the row-limit CHECK constraints (migration 3), as

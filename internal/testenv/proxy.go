@@ -18,7 +18,10 @@ type Proxy struct {
 	up    bool
 	held  bool
 	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	// accepted counts the connections let through: for a broker behind
+	// the proxy, the connections its client opened.
+	accepted int
+	wg       sync.WaitGroup
 }
 
 // NewProxy starts a proxy to target (host:port), initially up or down;
@@ -48,6 +51,13 @@ func (p *Proxy) SetUp(up bool) {
 	if !up {
 		p.Cut()
 	}
+}
+
+// Accepted is how many connections the proxy has let through.
+func (p *Proxy) Accepted() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.accepted
 }
 
 // Hold makes the open connections silent (true): bytes are read and
@@ -96,6 +106,7 @@ func (p *Proxy) accept() {
 		}
 		p.mu.Lock()
 		p.conns[c], p.conns[up2] = struct{}{}, struct{}{}
+		p.accepted++
 		p.mu.Unlock()
 		p.wg.Add(2)
 		go p.pipe(c, up2)
