@@ -149,12 +149,31 @@ func (b *broker) exchangeExists(ctx context.Context, name string) (bool, error) 
 	}
 	_ = ch.Close()
 	if err != nil {
+		if !(errors.As(err, &aerr) && !hardError(aerr)) && closedSoon(c) {
+			return false, fmt.Errorf("%w: %v", errCheckKilledConnection, err)
+		}
 		return false, fmt.Errorf("relay: check exchange: %w", err)
 	}
 	b.mu.Lock()
 	b.exchanges[name] = time.Now()
 	b.mu.Unlock()
 	return true, nil
+}
+
+// errCheckKilledConnection: the connection died under an exchange check
+// (a name amqp091-go cannot encode makes it close the connection), so the
+// row whose exchange it was is to suspect.
+var errCheckKilledConnection = errors.New("relay: the connection died while checking an exchange")
+
+// closedSoon reports whether c closes within a moment: the client shuts a
+// connection down asynchronously after a hard error.
+func closedSoon(c *amqp.Connection) bool {
+	for deadline := time.Now().Add(time.Second); !c.IsClosed(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
 }
 
 func boolFloat(v bool) float64 {

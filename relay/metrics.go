@@ -42,6 +42,9 @@ const (
 	// reasonConnectionLost: the connection died while the row was
 	// published alone, so the row is to blame (it was already suspected).
 	reasonConnectionLost = "connection_lost"
+	// reasonUnencodable: amqp091-go refused to encode the message (the
+	// row checks let through something the client cannot carry).
+	reasonUnencodable = "unencodable"
 )
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -96,7 +99,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		suspected: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "suspected_total", Help: "Rows in flight when the broker connection died under a batch; each is then published alone."}),
 	}
-	for _, r := range []string{reasonUnroutable, reasonNacked, reasonTimeout, reasonTooLarge, reasonBadHeaders, reasonNoExchange, reasonChannelClosed, reasonConnectionLost, reasonBadProperty} {
+	for _, r := range []string{reasonUnroutable, reasonNacked, reasonTimeout, reasonTooLarge, reasonBadHeaders, reasonNoExchange, reasonChannelClosed, reasonConnectionLost, reasonBadProperty, reasonUnencodable} {
 		m.failed.WithLabelValues(r)
 	}
 	if reg != nil {

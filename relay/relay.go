@@ -178,6 +178,9 @@ type Relay struct {
 	wake   chan struct{}
 	retry  backoff.Policy
 	health health
+	// publishMu lets workers publish together (read lock), or one alone
+	// (write lock) when its batch holds a suspected row.
+	publishMu sync.RWMutex
 }
 
 // New builds a Relay over pool, which must reach the database whose

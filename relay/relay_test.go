@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -41,7 +42,7 @@ func setup(t *testing.T, cfg func(*relay.Config)) *testBundle {
 	c := relay.Config{
 		AMQPURLs:     []string{env.AMQPURL},
 		PollInterval: time.Hour, // notifications alone must wake the relay
-		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:       testLogger(),
 		OnBatch:      func(r relay.BatchResult) { b.batches <- r },
 	}
 	if cfg != nil {
@@ -49,6 +50,15 @@ func setup(t *testing.T, cfg func(*relay.Config)) *testBundle {
 	}
 	b.relay = startRelay(t, b.pool, c)
 	return b
+}
+
+// testLogger discards the relay's logs, or prints them with
+// RELAY_TEST_LOG=1 (to read what a failing test's relay did).
+func testLogger() *slog.Logger {
+	if os.Getenv("RELAY_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
 func startRelay(t *testing.T, pool *pgxpool.Pool, c relay.Config) *relay.Relay {

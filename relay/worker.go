@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -24,6 +25,14 @@ type worker struct {
 	ch      *amqp.Channel
 	returns chan amqp.Return
 	closed  chan *amqp.Error
+	chanErr *amqp.Error // why ch closed, once read from closed
+	// doomed is set when amqp091-go refused to encode a message: it then
+	// closes the connection, asynchronously, and nothing more of the batch
+	// may be published on it.
+	doomed bool
+	// exclusive is set while the worker publishes a batch with a suspected
+	// row, alone on the connection (Relay.publishMu).
+	exclusive bool
 
 	// low is where the next claim of unkeyed rows starts while draining
 	// (the first unkeyed id of the previous batch); fullScan forces a
@@ -66,6 +75,10 @@ const (
 // The batch still commits what it learned (confirmed rows, suspects), then
 // the worker waits for the broker outside any transaction.
 var errConnectionLost = errors.New("broker connection lost mid-batch; unconfirmed rows released")
+
+// errNoChannel is send's when it cannot open a channel: nothing of what it
+// was given went on the wire.
+var errNoChannel = errors.New("no channel: the broker connection is gone")
 
 // run loops until stop ends; ioctx carries the I/O of a batch in flight,
 // so a batch can finish after stop during a graceful shutdown.
@@ -132,7 +145,7 @@ func (w *worker) run(stop, ioctx context.Context) {
 // returns how many rows it claimed.
 func (w *worker) batch(ctx context.Context) (int, error) {
 	start := time.Now()
-	w.keyedDone = false
+	w.keyedDone, w.doomed = false, false
 	tx, err := w.r.pool.BeginTx(ctx, claimTx)
 	if err != nil {
 		w.r.m.dbErrors.Inc()
@@ -177,7 +190,21 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 	if len(rows) == 0 {
 		return 0, tx.Commit(ctx)
 	}
+	// A batch with a suspected row publishes alone on the connection, the
+	// other workers waiting: a lone row in flight is then the only message
+	// in flight, and if the connection dies it is the row to blame.
+	w.exclusive = slices.ContainsFunc(rows, func(c claimed) bool { return c.suspected })
+	if w.exclusive {
+		w.r.publishMu.Lock()
+	} else {
+		w.r.publishMu.RLock()
+	}
 	outs, connErr := w.publish(ctx, rows)
+	if w.exclusive {
+		w.r.publishMu.Unlock()
+	} else {
+		w.r.publishMu.RUnlock()
+	}
 	if connErr != nil && !errors.Is(connErr, errConnectionLost) {
 		return 0, connErr // context ended: roll back, nothing is known
 	}
@@ -317,6 +344,17 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
+			if errors.Is(err, errCheckKilledConnection) {
+				// The check put this row's exchange on the wire and the
+				// connection died: the row is the suspect, as if it had
+				// been published. The rows not yet sent stay untouched.
+				if row.suspected && !w.r.broker.lastCloseReason().outage {
+					outs[i] = failed(reasonConnectionLost, "the broker connection died while this row's exchange was checked alone: %s", err)
+				} else {
+					outs[i] = outcome{state: stateSuspected}
+				}
+				return outs, errConnectionLost
+			}
 			holdKey(held, row) // broker trouble: leave the row pending, untouched
 			continue
 		}
@@ -374,11 +412,20 @@ func holdKey(held map[string]bool, row *claimed) {
 func (w *worker) sendSegment(ctx context.Context, rows []claimed, msgs []amqp.Publishing, seg []int, outs []outcome) error {
 	if !w.r.cfg.StrictOrdering || len(seg) == 1 {
 		lost, err := w.send(ctx, rows, msgs, seg, outs)
+		if errors.Is(err, errNoChannel) {
+			return errConnectionLost // nothing sent: the rows stay untouched
+		}
 		if err != nil {
 			return err
 		}
 		w.checkOvertaken(rows, seg, outs)
-		return w.settleLost(ctx, rows, msgs, seg, lost, outs)
+		if err := w.settleLost(ctx, rows, msgs, seg, lost, outs); err != nil {
+			return err
+		}
+		if w.doomed {
+			return errConnectionLost
+		}
+		return nil
 	}
 	stopped := map[string]bool{}
 	for wave := 0; ; wave++ {
@@ -405,11 +452,17 @@ func (w *worker) sendSegment(ctx context.Context, rows []claimed, msgs []amqp.Pu
 			return nil
 		}
 		lost, err := w.send(ctx, rows, msgs, todo, outs)
+		if errors.Is(err, errNoChannel) {
+			return errConnectionLost
+		}
 		if err != nil {
 			return err
 		}
 		if err := w.settleLost(ctx, rows, msgs, todo, lost, outs); err != nil {
 			return err
+		}
+		if w.doomed {
+			return errConnectionLost
 		}
 		for _, i := range todo {
 			if k := rows[i].key; k != "" && outs[i].state != stateOK {
@@ -454,16 +507,21 @@ func (w *worker) settleLost(ctx context.Context, rows []claimed, msgs []amqp.Pub
 	if len(lost) == 0 {
 		return nil
 	}
-	if !w.r.broker.connected() {
+	if w.connectionDied() {
 		return w.connectionLost(rows, sent, lost, outs)
 	}
-	for _, i := range lost {
+	for k, i := range lost {
 		again, err := w.send(ctx, rows, msgs, []int{i}, outs)
+		if errors.Is(err, errNoChannel) {
+			suspect(lost[k:], outs) // in flight when the first channel closed
+			return errConnectionLost
+		}
 		if err != nil {
 			return err
 		}
 		if len(again) > 0 {
-			if !w.r.broker.connected() {
+			if w.connectionDied() {
+				suspect(lost[k+1:], outs)
 				return w.connectionLost(rows, []int{i}, again, outs)
 			}
 			outs[i] = failed(reasonChannelClosed, "broker closed the channel while this row was published alone: %s", w.closeReason())
@@ -472,18 +530,52 @@ func (w *worker) settleLost(ctx context.Context, rows []claimed, msgs []amqp.Pub
 	return nil
 }
 
+// connectionDied reports whether the worker's channel closed because its
+// connection did: a hard (connection-level) AMQP error, such as the
+// FRAME_ERROR a header too big for a frame earns, or no connection left.
+// The channel's own error is read first: the connection's state may lag a
+// moment behind it, and a dying connection must not be mistaken for a
+// channel error, which would charge the next row published alone.
+func (w *worker) connectionDied() bool {
+	if w.doomed {
+		return true
+	}
+	if e := w.channelError(); e != nil && hardError(e) {
+		return true
+	}
+	return !w.r.broker.connected()
+}
+
+// hardError reports whether e closes the connection, not only a channel:
+// every AMQP reply code but the channel-level (soft) ones.
+func hardError(e *amqp.Error) bool {
+	switch e.Code {
+	case amqp.ContentTooLarge, amqp.NoRoute, amqp.NoConsumers, amqp.AccessRefused,
+		amqp.NotFound, amqp.ResourceLocked, amqp.PreconditionFailed:
+		return false
+	}
+	return true
+}
+
+func suspect(idx []int, outs []outcome) {
+	for _, i := range idx {
+		outs[i] = outcome{state: stateSuspected}
+	}
+}
+
 // connectionLost records the outcome of rows in flight when the connection
 // died and returns errConnectionLost.
 func (w *worker) connectionLost(rows []claimed, sent, lost []int, outs []outcome) error {
 	reason := w.r.broker.lastCloseReason()
-	if len(sent) == 1 && len(lost) == 1 && !reason.outage {
+	// A lone row is to blame when it was alone on the connection
+	// (exclusive), unless the client itself closed the connection over
+	// another (doomed) or the broker went away.
+	if w.exclusive && len(sent) == 1 && len(lost) == 1 && !reason.outage && !w.doomed {
 		i := lost[0]
 		outs[i] = failed(reasonConnectionLost, "the broker connection died while this row was published alone: %s", reason.text)
 		return errConnectionLost
 	}
-	for _, i := range lost {
-		outs[i] = outcome{state: stateSuspected}
-	}
+	suspect(lost, outs)
 	return errConnectionLost
 }
 
@@ -496,20 +588,28 @@ func (w *worker) send(ctx context.Context, rows []claimed, msgs []amqp.Publishin
 	}
 	ch, err := w.channel()
 	if err != nil {
-		return append(lost, todo...), nil // nothing sent: judged as lost with the connection
+		return todo, errNoChannel
 	}
 	type inflight struct {
 		i  int
 		dc *amqp.DeferredConfirmation
 	}
 	sent := make([]inflight, 0, len(todo))
-	for k, i := range todo {
+	for _, i := range todo {
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, rows[i].exchange, rows[i].routingKey, true, false, msgs[i])
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			lost = append(lost, todo[k:]...)
+			// Not sent, nor the rest: they stay untouched. Unless the
+			// channel was closed, the client could not encode this
+			// message: it is the culprit for sure, and the client is
+			// closing the connection under every row in flight.
+			if !errors.Is(err, amqp.ErrClosed) {
+				outs[i] = outcome{state: stateFailed, reason: reasonUnencodable, permanent: true,
+					msg: fmt.Sprintf("amqp091-go cannot encode it: %v", err)}
+				w.doomed = true
+			}
 			break
 		}
 		sent = append(sent, inflight{i, dc})
@@ -604,19 +704,48 @@ func (w *worker) channel() (*amqp.Channel, error) {
 	w.ch = ch
 	w.returns = ch.NotifyReturn(make(chan amqp.Return, 256))
 	w.closed = ch.NotifyClose(make(chan *amqp.Error, 1))
+	w.chanErr = nil
 	return ch, nil
 }
 
-// closeReason reads why the last channel closed, if the broker said.
-func (w *worker) closeReason() string {
-	if w.closed != nil {
+// channelError is why the worker's channel closed, if it did and the
+// broker or the connection said why (nil otherwise). The client resolves
+// the pending confirms of a closing channel and hands out its close
+// reason from the same shutdown, in no promised order, so when the channel
+// is closed the reason is awaited (briefly: the shutdown is under way, and
+// ends by closing w.closed).
+func (w *worker) channelError() *amqp.Error {
+	if w.chanErr != nil || w.closed == nil {
+		return w.chanErr
+	}
+	read := func(e *amqp.Error, ok bool) {
+		if ok && e != nil {
+			w.chanErr = e
+		}
+		w.closed = nil // closed after its one notification
+	}
+	if w.ch == nil || !w.ch.IsClosed() {
 		select {
 		case e, ok := <-w.closed:
-			if ok && e != nil {
-				return e.Error()
-			}
+			read(e, ok)
 		default:
 		}
+		return w.chanErr
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case e, ok := <-w.closed:
+		read(e, ok)
+	case <-t.C:
+	}
+	return w.chanErr
+}
+
+// closeReason says why the last channel closed, if the broker said.
+func (w *worker) closeReason() string {
+	if e := w.channelError(); e != nil {
+		return e.Error()
 	}
 	return "channel closed"
 }
@@ -625,5 +754,5 @@ func (w *worker) closeChannel() {
 	if w.ch != nil {
 		_ = w.ch.Close()
 	}
-	w.ch, w.returns, w.closed = nil, nil, nil
+	w.ch, w.returns, w.closed, w.chanErr = nil, nil, nil, nil
 }
