@@ -305,7 +305,7 @@ func TestOvertakeIsCounted(t *testing.T) {
 			}
 			b.waitPublished(t, sentinel...)
 
-			overtaken := counterValue(t, reg, "outboxrelay_relay_ordering_overtaken_total")
+			overtaken := counter(t, reg, "outboxrelay_relay_ordering_overtaken_total")
 			wantOvertaken, wantPublished := 2.0, map[string]bool{ids[1]: true, ids[2]: true}
 			if strict {
 				wantOvertaken, wantPublished = 0, map[string]bool{}
@@ -320,22 +320,6 @@ func TestOvertakeIsCounted(t *testing.T) {
 			}
 		})
 	}
-}
-
-// counterValue reads one unlabelled counter from reg.
-func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("metric %s not found", name)
-	return 0
 }
 
 // A key's run stops before its first row that is not due: the rows after

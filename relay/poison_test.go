@@ -59,7 +59,7 @@ func TestPoisonRowIsParkedAndGoodRowsFlow(t *testing.T) {
 			if !strings.Contains(lastErr, p.want) {
 				t.Errorf("last_error %q does not name %q", lastErr, p.want)
 			}
-			if n := counterValue(t, reg, "outboxrelay_relay_broker_reconnects_total"); n != 0 {
+			if n := counter(t, reg, "outboxrelay_relay_broker_reconnects_total"); n != 0 {
 				t.Errorf("%v broker reconnects over one poison row, want 0", n)
 			}
 			if n := proxy.Accepted(); n != 1 {
@@ -129,7 +129,7 @@ func TestSuspectRowIsIsolatedAndCharged(t *testing.T) {
 			if charged != 0 {
 				t.Errorf("%d good rows were charged an attempt", charged)
 			}
-			if n := counterValue(t, reg, "outboxrelay_relay_suspected_total"); n < 1 && wantAttempts > 1 {
+			if n := counter(t, reg, "outboxrelay_relay_suspected_total"); n < 1 && wantAttempts > 1 {
 				t.Errorf("suspected_total = %v, want at least the poison row", n)
 			}
 			// Counted on the wire: the first connection, plus one after each loss.
