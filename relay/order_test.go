@@ -18,67 +18,91 @@ import (
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
-// Two transactions writing one ordering key: the second to insert waits
-// for the first to commit, so id order is commit order for the key, even
-// when the second transaction began first. Without a key, the gap is
-// allowed (and shown, so the test proves the difference).
+// Per key, id order is commit order. The shape that breaks it without the
+// insert trigger: transaction T inserts a row of key K and draws its id
+// while E, which already wrote K, is still open; E then writes K again (a
+// higher id) and commits first; T commits last with the lowest id, and a
+// relay that published E's rows has already passed it. With the trigger, T
+// waits for E's lock on K and only then draws its id, above all of E's.
+// The test runs the shape three ways and checks each outcome: without a
+// key (the gap happens: nothing orders unkeyed rows), keyed without the
+// trigger (the gap happens), and keyed with it (no gap).
 func TestKeyedInsertsGetIdsInCommitOrder(t *testing.T) {
 	t.Parallel()
-	pool := testenv.Pool(t, testenv.NewSchema(t, true))
-	ctx := context.Background()
-
-	for _, keyed := range []bool{true, false} {
-		var key any
-		if keyed {
-			key = testenv.Name("k")
-		}
-		early, err := pool.Begin(ctx) // begins first, inserts second
-		if err != nil {
-			t.Fatal(err)
-		}
-		late, err := pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		const ins = `INSERT INTO outbox (routing_key, payload, ordering_key) VALUES ('q', '\x00', $1) RETURNING id`
-		var lateID, earlyID int64
-		if err := late.QueryRow(ctx, ins, key).Scan(&lateID); err != nil {
-			t.Fatal(err)
-		}
-		var earlyPID int
-		if err := early.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&earlyPID); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- early.QueryRow(ctx, ins, key).Scan(&earlyID) }()
-		if keyed {
-			// The early transaction's insert waits on the key's lock.
-			testenv.Eventually(t, 30*time.Second, "the second writer of the key to wait", func() (bool, error) {
-				var waiting bool
-				err := pool.QueryRow(ctx, `SELECT wait_event = 'advisory' FROM pg_stat_activity WHERE pid = $1`, earlyPID).Scan(&waiting)
-				return waiting, err
-			})
-		} else if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-		if err := late.Commit(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if keyed {
-			if err := <-done; err != nil {
+	for _, tc := range []struct {
+		name    string
+		keyed   bool
+		trigger bool
+		wantGap bool
+	}{
+		{"unkeyed", false, true, true},
+		{"keyed without the trigger", true, false, true},
+		{"keyed", true, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			pool := testenv.Pool(t, testenv.NewSchema(t, true))
+			ctx := context.Background()
+			if !tc.trigger {
+				if _, err := pool.Exec(ctx, `DROP TRIGGER outbox_order_key ON outbox`); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var key any
+			if tc.keyed {
+				key = testenv.Name("k")
+			}
+			const ins = `INSERT INTO outbox (routing_key, payload, ordering_key) VALUES ('q', '\x00', $1) RETURNING id`
+			e, err := pool.Begin(ctx)
+			if err != nil {
 				t.Fatal(err)
 			}
-		}
-		if err := early.Commit(ctx); err != nil {
-			t.Fatal(err)
-		}
-		// late committed first.
-		if keyed && earlyID < lateID {
-			t.Errorf("keyed: the row committed second got id %d, below the first's %d", earlyID, lateID)
-		}
-		if !keyed && earlyID < lateID {
-			t.Errorf("unkeyed: expected the commit-order gap (ids %d then %d)", lateID, earlyID)
-		}
+			defer func() { _ = e.Rollback(ctx) }()
+			var eFirst, eSecond, tID int64
+			if err := e.QueryRow(ctx, ins, key).Scan(&eFirst); err != nil {
+				t.Fatal(err)
+			}
+			tx, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = tx.Rollback(ctx) }()
+			var tPID int
+			if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&tPID); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- tx.QueryRow(ctx, ins, key).Scan(&tID) }()
+			if tc.keyed && tc.trigger {
+				testenv.Eventually(t, 30*time.Second, "T to wait for E's lock on the key", func() (bool, error) {
+					var waiting bool
+					err := pool.QueryRow(ctx, `SELECT coalesce(wait_event = 'advisory', false) FROM pg_stat_activity WHERE pid = $1`, tPID).Scan(&waiting)
+					return waiting, err
+				})
+			} else if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if err := e.QueryRow(ctx, ins, key).Scan(&eSecond); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if tc.keyed && tc.trigger {
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// T committed after both of E's rows.
+			gap := tID < eSecond
+			t.Logf("E's rows %d and %d committed first, T's row %d last", eFirst, eSecond, tID)
+			if gap != tc.wantGap {
+				t.Fatalf("T's row %d committed after E's row %d: gap %v, want %v", tID, eSecond, gap, tc.wantGap)
+			}
+		})
 	}
 }
 
