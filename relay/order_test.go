@@ -373,3 +373,51 @@ func TestRunStopsAtARowNotYetDue(t *testing.T) {
 		}
 	}
 }
+
+// A row that commits late, below the claim cursor, while a backlog drains
+// (Watermill's TestNotMissingMessages is the model): transaction A draws a
+// low id and commits only once the relay has moved past it. The periodic
+// rescan (rescan_interval) finds it while the backlog is still draining;
+// without the rescan it would wait for the end of the drain.
+func TestLateCommitBelowTheCursorIsPublishedDuringADrain(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *relay.Config) {
+		c.Workers = 1 // no partial batch (and wake-up) before the drain ends
+		c.BatchSize = 100
+		c.RescanInterval = 50 * time.Millisecond
+	})
+	ctx := context.Background()
+	late, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = late.Rollback(ctx) }()
+	ids, err := outbox.Enqueue(ctx, late, outbox.Message{RoutingKey: b.queue, Payload: []byte("late")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, `INSERT INTO outbox (routing_key, payload)
+		SELECT $1, '\x7b7d' FROM generate_series(1, 20000)`, b.queue); err != nil {
+		t.Fatal(err)
+	}
+	<-b.batches // the drain has begun, above the late row's id
+	if err := late.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.waitPublished(t, ids...)
+	testenv.Eventually(t, time.Minute, "the backlog to drain", func() (bool, error) {
+		var pending int
+		err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&pending)
+		return pending == 0, err
+	})
+	var after int
+	err = b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox
+		WHERE published_at > (SELECT published_at FROM outbox WHERE message_id = $1)`, ids[0]).Scan(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after == 0 {
+		t.Fatal("the late row was published only after the whole backlog: the rescan did not find it")
+	}
+	t.Logf("the late row was published with %d backlog rows still to go", after)
+}
