@@ -94,20 +94,43 @@ func (b *broker) current() (*amqp.Connection, error) {
 }
 
 // channel opens a confirm-mode channel on the current connection, without
-// waiting for one.
-func (b *broker) channel() (*amqp.Channel, error) {
+// waiting for one, and gives up after timeout.
+func (b *broker) channel(timeout time.Duration) (*amqp.Channel, error) {
 	c, err := b.current()
 	if err != nil {
 		return nil, err
 	}
-	ch, err := c.Channel()
-	if err == nil {
-		if err = ch.Confirm(false); err == nil {
-			return ch, nil
-		}
-		_ = ch.Close()
+	// Opening a channel is a round trip the client cannot cancel; a broker
+	// that went silent without closing the TCP connection would hold the
+	// batch (and its transaction) until the heartbeat gives up. Past the
+	// timeout the connection is dropped instead: the worker then waits for
+	// a new one outside any transaction.
+	type opened struct {
+		ch  *amqp.Channel
+		err error
 	}
-	return nil, fmt.Errorf("relay: open channel: %w", err)
+	done := make(chan opened, 1)
+	go func() {
+		ch, err := c.Channel()
+		if err == nil {
+			if err = ch.Confirm(false); err != nil {
+				_ = ch.Close()
+			}
+		}
+		done <- opened{ch, err}
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case o := <-done:
+		if o.err != nil {
+			return nil, fmt.Errorf("relay: open channel: %w", o.err)
+		}
+		return o.ch, nil
+	case <-t.C:
+		_ = c.CloseDeadline(time.Now().Add(time.Second))
+		return nil, fmt.Errorf("relay: open channel: no answer from the broker within %s; connection dropped", timeout)
+	}
 }
 
 // frameMax is the negotiated frame_max of the current connection, or 0

@@ -248,3 +248,110 @@ func TestRequeueLeavesRowsThatBreakALimit(t *testing.T) {
 		t.Fatalf("requeued %v, want [%d]", done, good)
 	}
 }
+
+// A broker that takes a batch and never confirms it: after confirm_timeout
+// each row is charged a failed attempt (confirm_timeout), counted by
+// reason, and once the broker answers again the rows are published.
+func TestConfirmTimeoutIsChargedAndRetried(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	proxy := brokerProxy(t)
+	b := setup(t, func(c *relay.Config) {
+		c.AMQPURLs = []string{proxy.url}
+		c.Registerer = reg
+		c.Workers = 1 // the worker whose channel is open takes the row
+		c.ConfirmTimeout = 200 * time.Millisecond
+		c.Heartbeat = time.Hour // the silence must end in a confirm timeout, not a lost connection
+		c.RetryBase, c.RetryMax = 10*time.Millisecond, 10*time.Millisecond
+		c.PollInterval = 20 * time.Millisecond
+	})
+	ctx := context.Background()
+	first, err := outbox.Enqueue(ctx, b.pool, outbox.Message{RoutingKey: b.queue, Payload: []byte("confirmed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.waitPublished(t, first...) // the worker's channel is open
+	proxy.Hold(true)
+	ids, err := outbox.Enqueue(ctx, b.pool, outbox.Message{RoutingKey: b.queue, Payload: []byte("unconfirmed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.waitFailed(t)
+	var lastErr string
+	if err := b.pool.QueryRow(ctx, `SELECT coalesce(last_error, '') FROM outbox WHERE message_id = $1`, ids[0]).Scan(&lastErr); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(lastErr, "confirm_timeout: no publisher confirm within") {
+		t.Fatalf("last_error %q, want a confirm timeout", lastErr)
+	}
+	if n := labelledCounter(t, reg, "outboxrelay_relay_publish_failures_total", "reason", "confirm_timeout"); n < 1 {
+		t.Fatalf("publish_failures_total{reason=confirm_timeout} = %v, want at least 1", n)
+	}
+	proxy.Hold(false)
+	proxy.Cut() // what was swallowed left the connection out of step: start afresh
+	b.waitPublished(t, ids...)
+}
+
+// Acceptance (issue 12): a dead row shows in the metrics: dead_total, the
+// failures by reason, and the dead_rows gauge.
+func TestDeadRowShowsInMetrics(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	b := setup(t, func(c *relay.Config) {
+		c.Registerer = reg
+		c.MaxAttempts = 2
+		c.RetryBase, c.RetryMax = time.Millisecond, time.Millisecond
+		c.PollInterval = 10 * time.Millisecond
+		c.StatsInterval = 20 * time.Millisecond
+	})
+	ctx := context.Background()
+	if _, err := outbox.Enqueue(ctx, b.pool, outbox.Message{Exchange: "amq.direct", RoutingKey: testenv.Name("unbound"), Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "the dead row in the metrics", func() (bool, error) {
+		return counter(t, reg, "outboxrelay_relay_dead_total") == 1 &&
+			gauge(t, reg, "outboxrelay_relay_dead_rows") == 1, nil
+	})
+	if n := labelledCounter(t, reg, "outboxrelay_relay_publish_failures_total", "reason", "unroutable"); n != 2 {
+		t.Fatalf("publish_failures_total{reason=unroutable} = %v, want 2 (max_attempts)", n)
+	}
+}
+
+// labelledCounter reads the counter of name whose label has value.
+func labelledCounter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no metric %s{%s=%q}", name, label, value)
+	return 0
+}
+
+// gauge reads an unlabelled gauge from reg.
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}

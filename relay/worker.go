@@ -697,7 +697,7 @@ func (w *worker) channel() (*amqp.Channel, error) {
 		return w.ch, nil
 	}
 	w.closeChannel()
-	ch, err := w.r.broker.channel()
+	ch, err := w.r.broker.channel(w.r.cfg.ConfirmTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -750,9 +750,23 @@ func (w *worker) closeReason() string {
 	return "channel closed"
 }
 
+// closeChannel closes the worker's channel. Closing is a round trip the
+// client cannot cancel; a broker gone silent would hold the worker (and its
+// batch's transaction) for ever, so it waits a second at most: the close
+// then finishes, or fails, with the connection.
 func (w *worker) closeChannel() {
-	if w.ch != nil {
-		_ = w.ch.Close()
+	if ch := w.ch; ch != nil {
+		done := make(chan struct{})
+		go func() {
+			_ = ch.Close()
+			close(done)
+		}()
+		t := time.NewTimer(time.Second)
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		t.Stop()
 	}
 	w.ch, w.returns, w.closed, w.chanErr = nil, nil, nil, nil
 }
