@@ -95,10 +95,10 @@ func (b *broker) current() (*amqp.Connection, error) {
 
 // channel opens a confirm-mode channel on the current connection, without
 // waiting for one, and gives up after timeout.
-func (b *broker) channel(timeout time.Duration) (*amqp.Channel, error) {
+func (b *broker) channel(timeout time.Duration) (*amqp.Channel, *amqp.Connection, error) {
 	c, err := b.current()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Opening a channel is a round trip the client cannot cancel; a broker
 	// that went silent without closing the TCP connection would hold the
@@ -124,12 +124,12 @@ func (b *broker) channel(timeout time.Duration) (*amqp.Channel, error) {
 	select {
 	case o := <-done:
 		if o.err != nil {
-			return nil, fmt.Errorf("relay: open channel: %w", o.err)
+			return nil, nil, fmt.Errorf("relay: open channel: %w", o.err)
 		}
-		return o.ch, nil
+		return o.ch, c, nil
 	case <-t.C:
 		_ = c.CloseDeadline(time.Now().Add(time.Second))
-		return nil, fmt.Errorf("relay: open channel: no answer from the broker within %s; connection dropped", timeout)
+		return nil, nil, fmt.Errorf("relay: open channel: no answer from the broker within %s; connection dropped", timeout)
 	}
 }
 
@@ -190,8 +190,11 @@ var errCheckKilledConnection = errors.New("relay: the connection died while chec
 
 // closedSoon reports whether c closes within a moment: the client shuts a
 // connection down asynchronously after a hard error.
-func closedSoon(c *amqp.Connection) bool {
-	for deadline := time.Now().Add(time.Second); !c.IsClosed(); time.Sleep(5 * time.Millisecond) {
+func closedSoon(c *amqp.Connection) bool { return closedWithin(c, time.Second) }
+
+// closedWithin reports whether c is closed, or closes within d.
+func closedWithin(c *amqp.Connection, d time.Duration) bool {
+	for deadline := time.Now().Add(d); !c.IsClosed(); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			return false
 		}

@@ -23,6 +23,7 @@ type worker struct {
 	log *slog.Logger
 
 	ch      *amqp.Channel
+	chConn  *amqp.Connection // the connection ch was opened on
 	returns chan amqp.Return
 	closed  chan *amqp.Error
 	chanErr *amqp.Error // why ch closed, once read from closed
@@ -543,6 +544,13 @@ func (w *worker) connectionDied() bool {
 	if e := w.channelError(); e != nil && hardError(e) {
 		return true
 	}
+	// The connection the channel was on, not the broker's current one: a
+	// reconnect may already have replaced it. The client shuts the
+	// channels down before it marks the connection closed, so without a
+	// reason from the channel, give the connection a moment to say.
+	if w.chConn != nil && closedWithin(w.chConn, 200*time.Millisecond) {
+		return true
+	}
 	return !w.r.broker.connected()
 }
 
@@ -697,11 +705,11 @@ func (w *worker) channel() (*amqp.Channel, error) {
 		return w.ch, nil
 	}
 	w.closeChannel()
-	ch, err := w.r.broker.channel(w.r.cfg.ConfirmTimeout)
+	ch, conn, err := w.r.broker.channel(w.r.cfg.ConfirmTimeout)
 	if err != nil {
 		return nil, err
 	}
-	w.ch = ch
+	w.ch, w.chConn = ch, conn
 	w.returns = ch.NotifyReturn(make(chan amqp.Return, 256))
 	w.closed = ch.NotifyClose(make(chan *amqp.Error, 1))
 	w.chanErr = nil
@@ -768,5 +776,5 @@ func (w *worker) closeChannel() {
 		}
 		t.Stop()
 	}
-	w.ch, w.returns, w.closed, w.chanErr = nil, nil, nil, nil
+	w.ch, w.chConn, w.returns, w.closed, w.chanErr = nil, nil, nil, nil, nil
 }
