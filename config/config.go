@@ -300,6 +300,21 @@ func checkPostgres(s string) error {
 		return fmt.Errorf("must be a postgres:// URL or a key=value DSN, got %s", shown(s))
 	}
 	if _, err := pgconn.ParseConfig(s); err != nil {
+		// pgconn's error quotes the value with its own partial redaction,
+		// which can leave part of a password in sight (a value that does
+		// not parse as a URL has no structure to redact by): keep its
+		// reason, and quote the value redacted our way.
+		var pe *pgconn.ParseConfigError
+		if errors.As(err, &pe) {
+			reason := err.Error()
+			if _, after, ok := strings.Cut(reason, "`: "); ok {
+				reason = after
+			} else {
+				reason = "invalid"
+			}
+			v := shown(s)
+			return fmt.Errorf("cannot parse `%s`: %s", v[1:len(v)-1], redact.Scrub(reason, redact.Secrets(s)))
+		}
 		return err
 	}
 	return nil
