@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -291,6 +292,9 @@ func oneOf(allowed []string, set func(*Config, string)) func(*Config, string) er
 // DSN. pgconn parses it here, so that a bad port or sslmode stops the
 // binary at start like any other configuration error (its message is
 // scrubbed by Load).
+// plainWords matches an error reason made of lowercase words only.
+var plainWords = regexp.MustCompile(`^[a-z][a-z _-]*$`)
+
 func checkPostgres(s string) error {
 	if schemeOf(s) != "" {
 		if err := checkURL(s, "postgres", "postgresql"); err != nil {
@@ -304,18 +308,19 @@ func checkPostgres(s string) error {
 		// which can leave part of a password in sight (a value that does
 		// not parse as a URL has no structure to redact by): keep its
 		// reason, and quote the value redacted our way.
+		// Its reason is kept only when it is plain words ("invalid port",
+		// "sslmode is invalid"): others quote a piece of the value
+		// ("invalid percent-encoded token: ..."), cut anywhere, which no
+		// redaction can be trusted to recognise.
+		reason := "not a valid URL or key=value connection string"
 		var pe *pgconn.ParseConfigError
 		if errors.As(err, &pe) {
-			reason := err.Error()
-			if _, after, ok := strings.Cut(reason, "`: "); ok {
+			if _, after, ok := strings.Cut(err.Error(), "`: "); ok && plainWords.MatchString(after) {
 				reason = after
-			} else {
-				reason = "invalid"
 			}
-			v := shown(s)
-			return fmt.Errorf("cannot parse `%s`: %s", v[1:len(v)-1], redact.Scrub(reason, redact.Secrets(s)))
 		}
-		return err
+		v := shown(s)
+		return fmt.Errorf("cannot parse `%s`: %s", v[1:len(v)-1], reason)
 	}
 	return nil
 }

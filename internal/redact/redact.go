@@ -258,7 +258,7 @@ func querySpans(item string, lo int) [][2]int {
 // and a password hidden inside another key's quoted value are masked too.
 func keywordSpans(item string, lo int, isURL bool) [][2]int {
 	var out [][2]int
-	lower := strings.ToLower(item)
+	lower := asciiLower(item) // byte for byte: indexes into lower are indexes into item
 	for from := 0; ; {
 		k := strings.Index(lower[from:], "password")
 		if k < 0 {
@@ -292,6 +292,19 @@ func keywordSpans(item string, lo int, isURL bool) [][2]int {
 		}
 		from = max(from, i)
 	}
+}
+
+// asciiLower lowercases ASCII letters only, so the result has the same
+// length and byte offsets as s (strings.ToLower may change lengths: "İ"
+// becomes three bytes).
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 func secretKey(name string) bool { return strings.Contains(strings.ToLower(name), "password") }
