@@ -514,7 +514,9 @@ func (w *worker) settleLost(ctx context.Context, rows []claimed, msgs []amqp.Pub
 	for k, i := range lost {
 		again, err := w.send(ctx, rows, msgs, []int{i}, outs)
 		if errors.Is(err, errNoChannel) {
-			suspect(lost[k:], outs) // in flight when the first channel closed
+			if w.blameable() {
+				suspect(lost[k:], outs) // in flight when the first channel closed
+			}
 			return errConnectionLost
 		}
 		if err != nil {
@@ -522,7 +524,9 @@ func (w *worker) settleLost(ctx context.Context, rows []claimed, msgs []amqp.Pub
 		}
 		if len(again) > 0 {
 			if w.connectionDied() {
-				suspect(lost[k+1:], outs)
+				if w.blameable() {
+					suspect(lost[k+1:], outs)
+				}
 				return w.connectionLost(rows, []int{i}, again, outs)
 			}
 			outs[i] = failed(reasonChannelClosed, "broker closed the channel while this row was published alone: %s", w.closeReason())
@@ -565,6 +569,14 @@ func hardError(e *amqp.Error) bool {
 	return true
 }
 
+// blameable reports whether the worker's channel died of something the
+// broker said about what it was sent: a hard error from the server other
+// than CONNECTION_FORCED. Only then may a row in flight be the cause.
+func (w *worker) blameable() bool {
+	e := w.channelError()
+	return !w.doomed && e != nil && e.Server && hardError(e) && e.Code != amqp.ConnectionForced
+}
+
 func suspect(idx []int, outs []outcome) {
 	for _, i := range idx {
 		outs[i] = outcome{state: stateSuspected}
@@ -574,13 +586,21 @@ func suspect(idx []int, outs []outcome) {
 // connectionLost records the outcome of rows in flight when the connection
 // died and returns errConnectionLost.
 func (w *worker) connectionLost(rows []claimed, sent, lost []int, outs []outcome) error {
-	reason := w.r.broker.lastCloseReason()
+	// Only a connection the broker closed with an error about what it was
+	// sent (FRAME_ERROR and the like) can be a row's doing. A network cut
+	// or a reset, a broker shutting down (CONNECTION_FORCED) or a silent
+	// peer blames no row: the rows stay untouched, not even suspected, as
+	// they always were. (The client's own refusal to encode a row is
+	// handled where it happens: doomed.)
+	if !w.blameable() {
+		return errConnectionLost
+	}
+	e := w.channelError()
 	// A lone row is to blame when it was alone on the connection
-	// (exclusive), unless the client itself closed the connection over
-	// another (doomed) or the broker went away.
-	if w.exclusive && len(sent) == 1 && len(lost) == 1 && !reason.outage && !w.doomed {
+	// (exclusive).
+	if w.exclusive && len(sent) == 1 && len(lost) == 1 {
 		i := lost[0]
-		outs[i] = failed(reasonConnectionLost, "the broker connection died while this row was published alone: %s", reason.text)
+		outs[i] = failed(reasonConnectionLost, "the broker connection died while this row was published alone: %s", e.Error())
 		return errConnectionLost
 	}
 	suspect(lost, outs)
