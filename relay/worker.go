@@ -22,11 +22,15 @@ type worker struct {
 	id  int
 	log *slog.Logger
 
-	ch      *amqp.Channel
-	chConn  *amqp.Connection // the connection ch was opened on
-	returns chan amqp.Return
-	closed  chan *amqp.Error
-	chanErr *amqp.Error // why ch closed, once read from closed
+	ch     *amqp.Channel
+	chConn *amqp.Connection // the connection ch was opened on
+	// connClosed and connErr are chConn's close notification and error:
+	// a channel is not always told why its connection died.
+	connClosed chan *amqp.Error
+	connErr    *amqp.Error
+	returns    chan amqp.Return
+	closed     chan *amqp.Error
+	chanErr    *amqp.Error // why ch closed, once read from closed
 	// doomed is set when amqp091-go refused to encode a message: it then
 	// closes the connection, asynchronously, and nothing more of the batch
 	// may be published on it.
@@ -574,7 +578,29 @@ func hardError(e *amqp.Error) bool {
 // than CONNECTION_FORCED. Only then may a row in flight be the cause.
 func (w *worker) blameable() bool {
 	e := w.channelError()
+	if e == nil || !e.Server {
+		e = w.connectionError()
+	}
 	return !w.doomed && e != nil && e.Server && hardError(e) && e.Code != amqp.ConnectionForced
+}
+
+// connectionError is why the channel's connection closed, if it did and
+// said why; it waits a moment for the reason of a connection that closed.
+func (w *worker) connectionError() *amqp.Error {
+	if w.connErr != nil || w.connClosed == nil || w.chConn == nil || !closedWithin(w.chConn, 200*time.Millisecond) {
+		return w.connErr
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case e, ok := <-w.connClosed:
+		if ok && e != nil {
+			w.connErr = e
+		}
+		w.connClosed = nil
+	case <-t.C:
+	}
+	return w.connErr
 }
 
 func suspect(idx []int, outs []outcome) {
@@ -730,6 +756,7 @@ func (w *worker) channel() (*amqp.Channel, error) {
 		return nil, err
 	}
 	w.ch, w.chConn = ch, conn
+	w.connClosed, w.connErr = conn.NotifyClose(make(chan *amqp.Error, 1)), nil
 	w.returns = ch.NotifyReturn(make(chan amqp.Return, 256))
 	w.closed = ch.NotifyClose(make(chan *amqp.Error, 1))
 	w.chanErr = nil
@@ -797,4 +824,5 @@ func (w *worker) closeChannel() {
 		t.Stop()
 	}
 	w.ch, w.chConn, w.returns, w.closed, w.chanErr = nil, nil, nil, nil, nil
+	w.connClosed, w.connErr = nil, nil
 }
