@@ -351,18 +351,8 @@ func labelledCounter(t *testing.T, reg *prometheus.Registry, name, label, value 
 	return 0
 }
 
-// gauge reads an unlabelled gauge from reg.
+// gauge reads an unlabelled gauge from reg (counter reads either kind).
 func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
+	return counter(t, reg, name)
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
-// counter reads a counter's value from reg.
+// counter reads an unlabelled counter's (or gauge's) value from reg.
 func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -25,7 +25,8 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+			m := mf.GetMetric()[0]
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue() // the other kind reads 0
 		}
 	}
 	t.Fatalf("no metric %s", name)

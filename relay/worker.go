@@ -513,7 +513,7 @@ func (w *worker) settleLost(ctx context.Context, rows []claimed, msgs []amqp.Pub
 		return nil
 	}
 	if w.connectionDied() {
-		return w.connectionLost(rows, sent, lost, outs)
+		return w.connectionLost(sent, lost, outs)
 	}
 	for k, i := range lost {
 		again, err := w.send(ctx, rows, msgs, []int{i}, outs)
@@ -531,7 +531,7 @@ func (w *worker) settleLost(ctx context.Context, rows []claimed, msgs []amqp.Pub
 				if w.blameable() {
 					suspect(lost[k+1:], outs)
 				}
-				return w.connectionLost(rows, []int{i}, again, outs)
+				return w.connectionLost([]int{i}, again, outs)
 			}
 			outs[i] = failed(reasonChannelClosed, "broker closed the channel while this row was published alone: %s", w.closeReason())
 		}
@@ -587,18 +587,10 @@ func (w *worker) blameable() bool {
 // connectionError is why the channel's connection closed, if it did and
 // said why; it waits a moment for the reason of a connection that closed.
 func (w *worker) connectionError() *amqp.Error {
-	if w.connErr != nil || w.connClosed == nil || w.chConn == nil || !closedWithin(w.chConn, 200*time.Millisecond) {
-		return w.connErr
-	}
-	t := time.NewTimer(time.Second)
-	defer t.Stop()
-	select {
-	case e, ok := <-w.connClosed:
-		if ok && e != nil {
-			w.connErr = e
+	if w.connErr == nil && w.connClosed != nil && w.chConn != nil && closedWithin(w.chConn, 200*time.Millisecond) {
+		if e, done := readClose(w.connClosed, time.Second); done {
+			w.connErr, w.connClosed = e, nil
 		}
-		w.connClosed = nil
-	case <-t.C:
 	}
 	return w.connErr
 }
@@ -611,7 +603,7 @@ func suspect(idx []int, outs []outcome) {
 
 // connectionLost records the outcome of rows in flight when the connection
 // died and returns errConnectionLost.
-func (w *worker) connectionLost(rows []claimed, sent, lost []int, outs []outcome) error {
+func (w *worker) connectionLost(sent, lost []int, outs []outcome) error {
 	// Only a connection the broker closed with an error about what it was
 	// sent (FRAME_ERROR and the like) can be a row's doing. A network cut
 	// or a reset, a broker shutting down (CONNECTION_FORCED) or a silent
@@ -770,31 +762,38 @@ func (w *worker) channel() (*amqp.Channel, error) {
 // is closed the reason is awaited (briefly: the shutdown is under way, and
 // ends by closing w.closed).
 func (w *worker) channelError() *amqp.Error {
-	if w.chanErr != nil || w.closed == nil {
-		return w.chanErr
-	}
-	read := func(e *amqp.Error, ok bool) {
-		if ok && e != nil {
-			w.chanErr = e
+	if w.chanErr == nil && w.closed != nil {
+		var wait time.Duration
+		if w.ch != nil && w.ch.IsClosed() {
+			wait = time.Second
 		}
-		w.closed = nil // closed after its one notification
-	}
-	if w.ch == nil || !w.ch.IsClosed() {
-		select {
-		case e, ok := <-w.closed:
-			read(e, ok)
-		default:
+		if e, done := readClose(w.closed, wait); done {
+			w.chanErr, w.closed = e, nil
 		}
-		return w.chanErr
-	}
-	t := time.NewTimer(time.Second)
-	defer t.Stop()
-	select {
-	case e, ok := <-w.closed:
-		read(e, ok)
-	case <-t.C:
 	}
 	return w.chanErr
+}
+
+// readClose reads a close notification (amqp091-go sends at most one, then
+// closes the chan): at once, or waiting up to wait. done says it came; e is
+// nil after a graceful close.
+func readClose(c chan *amqp.Error, wait time.Duration) (e *amqp.Error, done bool) {
+	if wait <= 0 {
+		select {
+		case e := <-c:
+			return e, true
+		default:
+			return nil, false
+		}
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case e := <-c:
+		return e, true
+	case <-t.C:
+		return nil, false
+	}
 }
 
 // closeReason says why the last channel closed, if the broker said.
