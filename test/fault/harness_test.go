@@ -91,7 +91,7 @@ func run(t *testing.T, name string, d drain, fault func(ctx context.Context, h *
 	cancel()
 	nFaults := <-faults
 
-	testenv.WaitPublished(t, h.pool, 3*time.Minute)
+	h.waitPublished(3 * time.Minute)
 	elapsed := time.Since(start)
 
 	committed := map[string]bool{}
@@ -217,5 +217,51 @@ func consumeAll(t *testing.T, amqpURL, queue string, committed map[string]bool) 
 		case <-idle.C:
 			return seen, total
 		}
+	}
+}
+
+// waitPublished waits until no row is pending; when time runs out it reports
+// what is left (the rows and each relay's log) before failing.
+func (h *harness) waitPublished(within time.Duration) {
+	h.t.Helper()
+	ctx := context.Background()
+	end := time.Now().Add(within)
+	for {
+		var left int
+		err := h.pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&left)
+		if err == nil && left == 0 {
+			return
+		}
+		if time.Now().After(end) {
+			h.reportPending()
+			h.t.Fatalf("timed out after %s waiting for every row published: %d left (last error: %v)", within, left, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (h *harness) reportPending() {
+	rows, err := h.pool.Query(context.Background(), `SELECT id, coalesce(ordering_key, ''), attempts, suspected,
+		coalesce(last_error, ''), available_at - now(), dead_at IS NOT NULL FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 20`)
+	if err != nil {
+		h.t.Logf("pending rows: %v", err)
+	} else {
+		for rows.Next() {
+			var id int64
+			var key, lastErr string
+			var attempts int
+			var suspected, dead bool
+			var due time.Duration
+			if err := rows.Scan(&id, &key, &attempts, &suspected, &lastErr, &due, &dead); err != nil {
+				h.t.Logf("pending rows: %v", err)
+				break
+			}
+			h.t.Logf("pending: id %d key %q attempts %d suspected %v dead %v due in %s last_error %q", id, key, attempts, suspected, dead, due, lastErr)
+		}
+		rows.Close()
+	}
+	for i, r := range h.relays {
+		logs := strings.Split(r.Logs(), "\n")
+		h.t.Logf("relay %d log (last 60 lines):\n%s", i, strings.Join(logs[max(0, len(logs)-60):], "\n"))
 	}
 }
