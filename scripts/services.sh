@@ -158,6 +158,8 @@ current_mode() {
 
 APT_UPDATED=
 apt_install() {
+	# Tests only start what is installed (internal/testenv sets this).
+	[ -z "${SERVICES_NO_INSTALL:-}" ] || die "missing packages ($*): tests do not install system packages; run \`make up\` or \`make test\` first"
 	[ "$(id -u)" = 0 ] || die "missing packages ($*) and not root; install them first"
 	command -v apt-get >/dev/null 2>&1 || die "missing packages ($*) and no apt-get"
 	# Keep the packages' own system services from starting on install (they
@@ -204,6 +206,8 @@ ensure_packages() {
 	[ -n "$PG_BIN" ] && command -v psql >/dev/null 2>&1 || want+=(postgresql)
 	[ -n "$RMQ_BIN" ] || want+=(rabbitmq-server)
 	command -v curl >/dev/null 2>&1 || want+=(curl)
+	# The pooler tests run their own pgbouncer processes.
+	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || want+=(pgbouncer)
 	if [ "${#want[@]}" -gt 0 ]; then
 		apt_install "${want[@]}"
 		PG_BIN="$(find_pg_bin)"

@@ -229,7 +229,7 @@ func CleanEnv() []string {
 // standard output.
 func ServicesCmd(t testing.TB, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(Root(), "scripts", "services.sh"), args...)
+	cmd := servicesScript(args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
