@@ -2,7 +2,12 @@ package relay
 
 import (
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -97,5 +102,34 @@ func TestRowLimitsFitNegotiatedFrame(t *testing.T) {
 	want := amqp.Table{"n": int64(1), "f": 1.5, "o": amqp.Table{"a": []any{true, nil}}}
 	if !equalTable(tab, want) {
 		t.Fatalf("table %#v, want %#v", tab, want)
+	}
+}
+
+// A write that fails on a cut socket comes back from amqp091-go as raw as an
+// encoding failure; only the second may park the row (the fault suite's
+// connection cuts once parked a row "unencodable" on a reset).
+func TestEncodeFailureIsNotASocketError(t *testing.T) {
+	socket := []error{
+		&net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.ECONNRESET)},
+		fmt.Errorf("flush: %w", syscall.EPIPE),
+		net.ErrClosed,
+		io.ErrUnexpectedEOF,
+		os.ErrDeadlineExceeded,
+		amqp.ErrClosed,
+	}
+	for _, err := range socket {
+		if encodeFailure(err) {
+			t.Errorf("%v (%T) taken for an encoding failure", err, err)
+		}
+	}
+	encoding := []error{
+		errors.New(`amqp: shortstr "xxx" exceeds 255 bytes`),
+		amqp.ErrFieldType,
+		fmt.Errorf("table field %q %w", "k", amqp.ErrFieldType),
+	}
+	for _, err := range encoding {
+		if !encodeFailure(err) {
+			t.Errorf("%v (%T) not taken for an encoding failure", err, err)
+		}
 	}
 }

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
+	"net"
+	"os"
 	"slices"
+	"syscall"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -648,10 +652,11 @@ func (w *worker) send(ctx context.Context, rows []claimed, msgs []amqp.Publishin
 				return nil, ctx.Err()
 			}
 			// Not sent, nor the rest: they stay untouched. Unless the
-			// channel was closed, the client could not encode this
-			// message: it is the culprit for sure, and the client is
-			// closing the connection under every row in flight.
-			if !errors.Is(err, amqp.ErrClosed) {
+			// channel was closed or the socket failed, the client could
+			// not encode this message: it is the culprit for sure, and
+			// the client is closing the connection under every row in
+			// flight.
+			if encodeFailure(err) {
 				outs[i] = outcome{state: stateFailed, reason: reasonUnencodable, permanent: true,
 					msg: fmt.Sprintf("amqp091-go cannot encode it: %v", err)}
 				w.doomed = true
@@ -729,6 +734,23 @@ func (w *worker) send(ctx context.Context, rows []claimed, msgs []amqp.Publishin
 		w.closeChannel()
 	}
 	return lost, nil
+}
+
+// encodeFailure tells whether a publish error is amqp091-go refusing to
+// encode the message rather than the connection failing under it. Both come
+// back from the same call, raw: a write on a socket that was cut (a
+// *net.OpError "connection reset by peer", a closed pipe) must leave the row
+// untouched, never park it.
+func encodeFailure(err error) bool {
+	var netErr net.Error
+	var errno syscall.Errno
+	switch {
+	case errors.Is(err, amqp.ErrClosed), errors.As(err, &netErr), errors.As(err, &errno),
+		errors.Is(err, net.ErrClosed), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, io.ErrClosedPipe), errors.Is(err, io.ErrShortWrite), errors.Is(err, os.ErrDeadlineExceeded):
+		return false
+	}
+	return true
 }
 
 func failed(reason, format string, args ...any) outcome {
