@@ -172,7 +172,7 @@ func (b *broker) exchangeExists(ctx context.Context, name string) (bool, error) 
 	}
 	_ = ch.Close()
 	if err != nil {
-		if !(errors.As(err, &aerr) && !hardError(aerr)) && closedSoon(c) {
+		if checkBlamesRow(err) && closedSoon(c) {
 			return false, fmt.Errorf("%w: %v", errCheckKilledConnection, err)
 		}
 		return false, fmt.Errorf("relay: check exchange: %w", err)
@@ -187,6 +187,18 @@ func (b *broker) exchangeExists(ctx context.Context, name string) (bool, error) 
 // (a name amqp091-go cannot encode makes it close the connection), so the
 // row whose exchange it was is to suspect.
 var errCheckKilledConnection = errors.New("relay: the connection died while checking an exchange")
+
+// checkBlamesRow tells whether an exchange check's failure is the row's
+// doing: the client could not encode the name, or the broker closed the
+// connection with a hard error about what it was sent. A cut socket, a reset
+// or a broker shutting down blames no row.
+func checkBlamesRow(err error) bool {
+	var aerr *amqp.Error
+	if errors.As(err, &aerr) && aerr != amqp.ErrFieldType {
+		return aerr.Server && hardError(aerr) && aerr.Code != amqp.ConnectionForced
+	}
+	return encodeFailure(err)
+}
 
 // closedSoon reports whether c closes within a moment: the client shuts a
 // connection down asynchronously after a hard error.

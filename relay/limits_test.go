@@ -133,3 +133,24 @@ func TestEncodeFailureIsNotASocketError(t *testing.T) {
 		}
 	}
 }
+
+// An exchange check blames its row only for what the row put on the wire.
+func TestCheckBlamesRowOnlyForWhatItSent(t *testing.T) {
+	cases := []struct {
+		err  error
+		want bool
+	}{
+		{errors.New(`amqp: shortstr "eee" exceeds 255 bytes`), true},
+		{&amqp.Error{Code: amqp.FrameError, Reason: "FRAME_ERROR", Server: true}, true},
+		{&amqp.Error{Code: amqp.FrameError, Reason: "write tcp: connection reset by peer", Server: false}, false},
+		{&amqp.Error{Code: amqp.ConnectionForced, Reason: "CONNECTION_FORCED - broker forced connection closure", Server: true}, false},
+		{&amqp.Error{Code: amqp.AccessRefused, Reason: "ACCESS_REFUSED", Server: true}, false},
+		{&net.OpError{Op: "write", Net: "tcp", Err: syscall.ECONNRESET}, false},
+		{amqp.ErrClosed, false},
+	}
+	for _, c := range cases {
+		if got := checkBlamesRow(c.err); got != c.want {
+			t.Errorf("checkBlamesRow(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}
