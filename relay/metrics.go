@@ -1,6 +1,10 @@
 package relay
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // metrics are the relay's Prometheus series, registered on the registry the
 // caller passes (never the global one).
@@ -47,7 +51,11 @@ const (
 	reasonUnencodable = "unencodable"
 )
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics builds the relay's series and registers them on reg (nil: on
+// none). A named relay's series carry a relay=name label, so several relays
+// can share one registry; two unnamed relays cannot, and the second gets an
+// error, not a panic.
+func newMetrics(reg prometheus.Registerer, name string) (*metrics, error) {
 	const ns, sub = "outboxrelay", "relay"
 	m := &metrics{
 		published: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -102,12 +110,24 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{reasonUnroutable, reasonNacked, reasonTimeout, reasonTooLarge, reasonBadHeaders, reasonNoExchange, reasonChannelClosed, reasonConnectionLost, reasonBadProperty, reasonUnencodable} {
 		m.failed.WithLabelValues(r)
 	}
-	if reg != nil {
-		reg.MustRegister(m.published, m.failed, m.dead, m.batches, m.batchSeconds, m.latency,
-			m.brokerConnected, m.brokerBlocked, m.brokerBlockedSeconds, m.brokerReconnects,
-			m.brokerDialFailures, m.dbErrors, m.listenerConnected,
-			m.pendingRows, m.dueRows, m.deadRows, m.oldestPending,
-			m.blockedKeys, m.tableDeadTuples, m.tableBytes, m.retained, m.overtaken, m.suspected)
+	if reg == nil {
+		return m, nil
 	}
-	return m
+	if name != "" {
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"relay": name}, reg)
+	}
+	all := []prometheus.Collector{m.published, m.failed, m.dead, m.batches, m.batchSeconds, m.latency,
+		m.brokerConnected, m.brokerBlocked, m.brokerBlockedSeconds, m.brokerReconnects,
+		m.brokerDialFailures, m.dbErrors, m.listenerConnected,
+		m.pendingRows, m.dueRows, m.deadRows, m.oldestPending,
+		m.blockedKeys, m.tableDeadTuples, m.tableBytes, m.retained, m.overtaken, m.suspected}
+	for i, c := range all {
+		if err := reg.Register(c); err != nil {
+			for _, done := range all[:i] {
+				reg.Unregister(done)
+			}
+			return nil, fmt.Errorf("relay: register metrics (relays sharing a registry need distinct Config.Name values): %w", err)
+		}
+	}
+	return m, nil
 }

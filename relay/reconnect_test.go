@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/url"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,4 +88,41 @@ func TestNoGoroutineLeakAcross100Reconnects(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "goroutines to settle to the baseline", func() (bool, error) {
 		return runtime.NumGoroutine() <= baseline+3, nil
 	})
+}
+
+// Acceptance (issue 12): two relays in one process share one registry; each
+// one's series carry its name, and the two published counts add up to the
+// rows. Two unnamed relays on one registry get an error, not a panic.
+func TestTwoRelaysShareARegistry(t *testing.T) {
+	env := testenv.Services(t)
+	pool := testenv.Pool(t, testenv.NewSchema(t, true))
+	_, ch := testenv.AMQP(t, env.AMQPURL)
+	queue := testenv.Queue(t, ch, true)
+	reg := prometheus.NewRegistry()
+	for _, name := range []string{"a", "b"} {
+		startRelay(t, pool, relay.Config{AMQPURLs: []string{env.AMQPURL}, Name: name, Registerer: reg,
+			BatchSize: 20, Logger: testLogger()})
+	}
+	msgs := make([]outbox.Message, 500)
+	for i := range msgs {
+		msgs[i] = outbox.Message{RoutingKey: queue, Payload: []byte(`{}`)}
+	}
+	if _, err := outbox.Enqueue(context.Background(), pool, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitPublished(t, pool, time.Minute)
+	a := labelledCounter(t, reg, "outboxrelay_relay_published_total", "relay", "a")
+	b := labelledCounter(t, reg, "outboxrelay_relay_published_total", "relay", "b")
+	if a+b != float64(len(msgs)) {
+		t.Errorf("published_total: relay a %v + relay b %v, want %d", a, b, len(msgs))
+	}
+
+	unnamed := prometheus.NewRegistry()
+	if _, err := relay.New(pool, relay.Config{AMQPURLs: []string{env.AMQPURL}, Registerer: unnamed}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := relay.New(pool, relay.Config{AMQPURLs: []string{env.AMQPURL}, Registerer: unnamed})
+	if err == nil || !strings.Contains(err.Error(), "Config.Name") {
+		t.Errorf("a second unnamed relay on one registry: err = %v, want one naming Config.Name", err)
+	}
 }

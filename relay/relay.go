@@ -75,6 +75,10 @@ type Config struct {
 	// StatsInterval is how often the pending/dead gauges are refreshed
 	// with two cheap index-only counts (default 15s).
 	StatsInterval time.Duration
+	// Name, if set, labels every metric relay=Name, so that several relays
+	// can share one Registerer (each needs its own Name). Unnamed, the
+	// series carry no such label.
+	Name string
 	// ConnectionName is shown in the RabbitMQ management UI.
 	ConnectionName string
 	// Logger defaults to slog.Default().
@@ -190,7 +194,10 @@ func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	m := newMetrics(cfg.Registerer)
+	m, err := newMetrics(cfg.Registerer, cfg.Name)
+	if err != nil {
+		return nil, err
+	}
 	reconnect := backoff.Policy{Base: cfg.ReconnectMin, Max: cfg.ReconnectMax}
 	return &Relay{
 		cfg:    cfg,
