@@ -24,11 +24,11 @@ CONSUMER_PID_FILE="$STATE/demo-consumer.pid"
 ORDERS_EXCHANGE=orders
 ORDERS_QUEUE=orders-applier
 ORDERS_KEY=order.created
-HTTP_ADDR=127.0.0.1:9600
+HTTP_ADDR= # 127.0.0.1:9600 in slot 0; 9600+10*slot in another checkout's slot
 QUEUE=demo.orders
 MGMT_USER=outbox
 MGMT_PASS=outbox-secret-pw
-MGMT=http://127.0.0.1:15680
+MGMT= # this checkout's management URL, from .services/env
 
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'demo: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -112,6 +112,9 @@ step "Starting PostgreSQL and RabbitMQ (scripts/services.sh up)"
 scripts/services.sh up
 # shellcheck disable=SC1091
 . "$STATE/env"
+# This checkout's slot (scripts/services.sh) sets the ports.
+MGMT="$(printf '%s' "$RELAY_TEST_MANAGEMENT_URL" | sed -E 's#//[^@/]*@#//#; s#/$##')"
+HTTP_ADDR="127.0.0.1:$((9600 + 10 * $(cat "$STATE/slot" 2>/dev/null || echo 0)))"
 
 export RELAY_DATABASE_URL="$RELAY_TEST_DATABASE_URL"
 export RELAY_AMQP_URL="$RELAY_TEST_AMQP_URL"

@@ -35,11 +35,13 @@
 # rabbitmq users) with their state under $ROOT/.services/. Set
 # OUTBOXRELAY_SERVICES=local|docker to force a mode.
 #
-# Everything listens on 127.0.0.1 only:
+# Everything listens on 127.0.0.1 only. Slot 0 (the first checkout; see
+# "slot" below, slot S adds 10*S to each port and 80*S to the CLI range):
 #   PostgreSQL 55432, AMQP 56720, management HTTP 15680,
-#   Erlang distribution 25680 (CLI tools 45680-45699), epmd 4369;
+#   Erlang distribution 25680 (CLI tools 45680-45699), epmd 4369 (shared);
 #   cluster nodes N=1..3: AMQP 5672N, management 1568N, distribution 2568N
-#   (CLI tools 45700-45759).
+#   (CLI tools 45700-45759). Node names: outbox@localhost, outboxN@localhost;
+#   in slot S: outbox-sS-@localhost, outbox-sS-N@localhost.
 # Progress goes to stderr; only the RELAY_TEST_* lines go to stdout.
 set -euo pipefail
 
@@ -51,20 +53,76 @@ MODE_FILE="$STATE/mode"
 DEMO_PID_FILE="$STATE/demo-relay.pid"
 DEMO_CONSUMER_PID_FILE="$STATE/demo-consumer.pid"
 
-PG_PORT=55432
-AMQP_PORT=56720
-MGMT_PORT=15680
-RMQ_DIST_PORT=25680
-RMQ_CTL_DIST_MIN=45680
-RMQ_CTL_DIST_MAX=45699
-RMQ_NODE=outbox@localhost
+# ---------------------------------------------------------------- slot
+# Each checkout runs its own services in a slot (0-9) of its own: ports and
+# RabbitMQ node names derive from it, so two checkouts on one machine never
+# share, stop or restart each other's services. `up` claims the lowest free
+# slot (a machine-wide claim file names the checkout) and records it in
+# .services/slot; the other commands act only on the recorded slot.
+# OUTBOXRELAY_SLOT forces one. Slot 0 has the historical ports below.
+SLOT_DIR=/var/tmp/outboxrelay-slots
+SLOTS=10
+
+slot_owner() { cat "$SLOT_DIR/$1" 2>/dev/null || true; }
+
+# claim_slot: the recorded slot, or the lowest slot no live checkout claims
+# and whose ports are free.
+claim_slot() {
+	if [ -s "$STATE/slot" ]; then
+		cat "$STATE/slot"
+		return
+	fi
+	mkdir -p "$SLOT_DIR" "$STATE"
+	local legacy=
+	# A checkout whose services were started before slots existed ran on
+	# slot 0's ports: keep them.
+	[ ! -e "$STATE/env" ] || legacy=1
+	local s owner
+	(
+		flock -w 60 8 || die "timed out waiting for $SLOT_DIR/lock"
+		for ((s = 0; s < SLOTS; s++)); do
+			owner="$(slot_owner "$s")"
+			if [ -n "$owner" ] && [ "$owner" != "$ROOT" ] && [ -d "$owner/.services" ]; then
+				continue # another live checkout's
+			fi
+			set_slot_vars "$s"
+			if [ "$owner" != "$ROOT" ] && [ -z "$legacy" ] && { port_open "$PG_PORT" || port_open "$AMQP_PORT"; }; then
+				continue # someone else's services listen there
+			fi
+			printf '%s\n' "$ROOT" >"$SLOT_DIR/$s"
+			echo "$s" >"$STATE/slot"
+			echo "$s"
+			exit 0
+		done
+		die "no free service slot (0-$((SLOTS - 1))): see $SLOT_DIR"
+	) 8>"$SLOT_DIR/lock"
+}
+
+port_open() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+
+# set_slot_vars S: the ports and node names of slot S (stride 10 leaves room
+# for the fault suite's three cluster nodes at +1..+3).
+set_slot_vars() {
+	local s="$1"
+	SLOT="$s"
+	PG_PORT=$((55432 + 10 * s))
+	AMQP_PORT=$((56720 + 10 * s))
+	MGMT_PORT=$((15680 + 10 * s))
+	RMQ_DIST_PORT=$((25680 + 10 * s))
+	RMQ_CTL_DIST_MIN=$((45680 + 80 * s))
+	RMQ_CTL_DIST_MAX=$((RMQ_CTL_DIST_MIN + 19))
+	if [ "$s" = 0 ]; then NODE_PREFIX=outbox; else NODE_PREFIX="outbox-s$s-"; fi
+	RMQ_NODE="${NODE_PREFIX}@localhost"
+	[ "$s" != 0 ] || RMQ_NODE=outbox@localhost
+	DATABASE_URL="postgres://$SVC_USER:$SVC_PASS@127.0.0.1:$PG_PORT/$SVC_DB?sslmode=disable"
+	AMQP_URL="amqp://$SVC_USER:$SVC_PASS@127.0.0.1:$AMQP_PORT/"
+	MANAGEMENT_URL="http://$SVC_USER:$SVC_PASS@127.0.0.1:$MGMT_PORT/"
+}
 SVC_USER=outbox
 SVC_PASS=outbox-secret-pw
 SVC_DB=outbox
 
-DATABASE_URL="postgres://$SVC_USER:$SVC_PASS@127.0.0.1:$PG_PORT/$SVC_DB?sslmode=disable"
-AMQP_URL="amqp://$SVC_USER:$SVC_PASS@127.0.0.1:$AMQP_PORT/"
-MANAGEMENT_URL="http://$SVC_USER:$SVC_PASS@127.0.0.1:$MGMT_PORT/"
+
 
 START_TIMEOUT=120
 
@@ -77,6 +135,29 @@ alive() {
 
 log() { printf 'services: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+if [ -n "${OUTBOXRELAY_SLOT:-}" ]; then
+	[[ "$OUTBOXRELAY_SLOT" =~ ^[0-9]$ ]] || die "OUTBOXRELAY_SLOT must be 0-9"
+	set_slot_vars "$OUTBOXRELAY_SLOT"
+elif [ -s "$STATE/slot" ]; then
+	set_slot_vars "$(cat "$STATE/slot")"
+elif [ "${1:-}" = up ] || [ "${1:-}" = cluster-up ]; then
+	slot="$(claim_slot)" || exit 1
+	set_slot_vars "$slot"
+else
+	case "${1:-}" in
+	down | clean | demo-stop)
+		log "no services were started from this checkout (no $STATE/slot): nothing to stop"
+		exit 0
+		;;
+	status)
+		echo "no services were started from this checkout (run make up)"
+		exit 0
+		;;
+	"" | help | -h | --help) set_slot_vars 0 ;; # the usage message below
+	*) die "no services were started from this checkout (no $STATE/slot): run \`make up\` first" ;;
+	esac
+fi
 
 print_env() {
 	printf 'RELAY_TEST_DATABASE_URL=%s\n' "$DATABASE_URL"
@@ -498,7 +579,7 @@ CLUSTER_START_TIMEOUT=180
 # One scheduler thread per node keeps three extra VMs cheap on a small box.
 CLUSTER_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} +S 1:1"
 
-node_name() { if [ "$1" = 0 ]; then echo "$RMQ_NODE"; else echo "outbox$1@localhost"; fi; }
+node_name() { if [ "$1" = 0 ]; then echo "$RMQ_NODE"; else echo "$NODE_PREFIX$1@localhost"; fi; }
 node_amqp_port() { echo $((AMQP_PORT + $1)); }
 node_mgmt_port() { echo $((MGMT_PORT + $1)); }
 node_dist_port() { echo $((RMQ_DIST_PORT + $1)); }
@@ -509,7 +590,7 @@ parse_node() {
 	case "${1:-}" in
 	0 | single | "$RMQ_NODE") echo 0 ;;
 	1 | 2 | 3) echo "$1" ;;
-	outbox[123]@localhost) echo "${1:6:1}" ;;
+	"${NODE_PREFIX}"[123]@localhost) echo "${1:${#NODE_PREFIX}:1}" ;;
 	*) die "node must be 0 (or single), 1, 2 or 3, not '${1:-}'" ;;
 	esac
 }
