@@ -23,32 +23,32 @@ import (
 // Config is everything `relay run` needs. Zero values never reach the
 // relay: Load fills defaults and validates.
 type Config struct {
-	DatabaseURL     string
-	AMQPURLs        []string
-	HTTPAddr        string
-	BatchSize       int
-	Workers         int
-	PollInterval    time.Duration
-	ConfirmTimeout  time.Duration
-	MaxAttempts     int
-	RetryBase       time.Duration
-	RetryMax        time.Duration
-	ReconnectMin    time.Duration
-	ReconnectMax    time.Duration
-	Heartbeat       time.Duration
-	MaxPayloadBytes int
-	ShutdownTimeout time.Duration
-	LogLevel        string
-	LogFormat       string
-	OrderingPolicy  string
-	StrictOrdering  bool
-	MaxBatchBytes   int64
-	RescanInterval  time.Duration
-	Retention       time.Duration
-	RetentionEvery  time.Duration
-	RetentionBatch  int
-	ListenURL       string
-	StatsInterval   time.Duration
+	DatabaseURL       string
+	AMQPURLs          []string
+	HTTPAddr          string
+	BatchSize         int
+	Workers           int
+	PollInterval      time.Duration
+	ConfirmTimeout    time.Duration
+	MaxAttempts       int
+	RetryBase         time.Duration
+	RetryMax          time.Duration
+	ReconnectMin      time.Duration
+	ReconnectMax      time.Duration
+	Heartbeat         time.Duration
+	MaxPayloadBytes   int
+	ShutdownTimeout   time.Duration
+	LogLevel          string
+	LogFormat         string
+	OrderingPolicy    string
+	StrictOrdering    bool
+	MaxBatchBytes     int64
+	RescanInterval    time.Duration
+	Retention         time.Duration
+	RetentionInterval time.Duration
+	RetentionBatch    int
+	ListenURL         string
+	StatsInterval     time.Duration
 }
 
 // key describes one configuration key: its name, default, help text and
@@ -112,7 +112,7 @@ var keys = []key{
 	{"max_batch_bytes", "0", "payload bytes one batch may load; the relay's memory follows it (0: 16 MiB or max_payload_bytes if larger; must not be below max_payload_bytes)", intIn(0, 1<<40, func(c *Config, v int) { c.MaxBatchBytes = int64(v) })},
 	{"rescan_interval", "1s", "while draining a backlog, how often a claim starts from the beginning of the table (finds rows committed late below the cursor)", durationIn(10*time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.RescanInterval = v })},
 	{"retention", "168h", "delete published rows older than this (0 keeps them forever); dead and pending rows are never deleted", durationIn(0, 100*365*24*time.Hour, func(c *Config, v time.Duration) { c.Retention = v })},
-	{"retention_interval", "1m", "how often retention runs (one relay at a time)", durationIn(10*time.Millisecond, 24*time.Hour, func(c *Config, v time.Duration) { c.RetentionEvery = v })},
+	{"retention_interval", "1m", "how often retention runs (one relay at a time)", durationIn(10*time.Millisecond, 24*time.Hour, func(c *Config, v time.Duration) { c.RetentionInterval = v })},
 	{"retention_batch", "1000", "rows deleted per retention statement", intIn(1, 100_000, func(c *Config, v int) { c.RetentionBatch = v })},
 	{"listen_database_url", "", "direct PostgreSQL URL for LISTEN when database_url goes through PgBouncer in transaction mode; empty uses database_url", func(c *Config, s string) error {
 		if s == "" {

@@ -110,8 +110,8 @@ func TestKeyedInsertsGetIdsInCommitOrder(t *testing.T) {
 // requeueing it releases them in order. Skip lets them pass.
 func TestOrderingPolicyOnDeadRows(t *testing.T) {
 	t.Parallel()
-	for _, policy := range []string{relay.OrderingBlock, relay.OrderingSkip} {
-		t.Run(policy, func(t *testing.T) {
+	for _, policy := range []relay.OrderingPolicy{relay.OrderingBlock, relay.OrderingSkip} {
+		t.Run(string(policy), func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, func(c *relay.Config) {
 				c.OrderingPolicy = policy

@@ -52,7 +52,7 @@ type Config struct {
 	// of the key is dead: OrderingBlock (default) holds them until the row
 	// is requeued or discarded; OrderingSkip lets them go on. Either way
 	// they wait while an earlier row is pending or retrying.
-	OrderingPolicy string
+	OrderingPolicy OrderingPolicy
 	// StrictOrdering keeps at most one unconfirmed row per ordering key
 	// (rows of other keys and rows without a key are still pipelined), so
 	// a broker that refuses row k can never have accepted k+1 first. Off
@@ -94,10 +94,14 @@ type Config struct {
 	skipRowChecks bool
 }
 
-// Ordering policies (Config.OrderingPolicy).
+// OrderingPolicy says what a key's later rows do while an earlier row of
+// the key is dead (Config.OrderingPolicy).
+type OrderingPolicy string
+
+// The ordering policies.
 const (
-	OrderingBlock = "block"
-	OrderingSkip  = "skip"
+	OrderingBlock OrderingPolicy = "block" // hold the key's later rows (the default)
+	OrderingSkip  OrderingPolicy = "skip"  // publish them past the dead row
 )
 
 // BatchResult describes one committed batch.
@@ -151,21 +155,28 @@ func (c *Config) setDefaults() {
 }
 
 func (c *Config) validate() error {
+	for _, f := range []struct {
+		name  string
+		value int64
+	}{
+		{"BatchSize", int64(c.BatchSize)}, {"Workers", int64(c.Workers)}, {"MaxAttempts", int64(c.MaxAttempts)},
+		{"MaxPayloadBytes", int64(c.MaxPayloadBytes)}, {"Retention", int64(c.Retention)},
+	} {
+		if f.value < 0 {
+			return fmt.Errorf("relay: Config.%s must not be negative (%d)", f.name, f.value)
+		}
+	}
 	switch {
 	case len(c.AMQPURLs) == 0:
-		return errors.New("relay: AMQPURLs is empty")
-	case c.BatchSize < 0, c.Workers < 0, c.MaxAttempts < 0, c.MaxPayloadBytes < 0:
-		return errors.New("relay: BatchSize, Workers, MaxAttempts and MaxPayloadBytes must not be negative")
+		return errors.New("relay: Config.AMQPURLs is empty")
 	case c.OrderingPolicy != OrderingBlock && c.OrderingPolicy != OrderingSkip:
-		return fmt.Errorf("relay: OrderingPolicy %q is neither %q nor %q", c.OrderingPolicy, OrderingBlock, OrderingSkip)
-	case c.Retention < 0:
-		return errors.New("relay: Retention must not be negative")
+		return fmt.Errorf("relay: Config.OrderingPolicy %q is neither %q nor %q", c.OrderingPolicy, OrderingBlock, OrderingSkip)
 	case c.MaxBatchBytes < int64(c.MaxPayloadBytes):
-		return errors.New("relay: MaxBatchBytes (max_batch_bytes) is below MaxPayloadBytes (max_payload_bytes)")
+		return fmt.Errorf("relay: Config.MaxBatchBytes (%d) is below MaxPayloadBytes (%d)", c.MaxBatchBytes, c.MaxPayloadBytes)
 	case c.RetryMax < c.RetryBase:
-		return errors.New("relay: RetryMax is below RetryBase")
+		return fmt.Errorf("relay: Config.RetryMax (%s) is below RetryBase (%s)", c.RetryMax, c.RetryBase)
 	case c.ReconnectMax < c.ReconnectMin:
-		return errors.New("relay: ReconnectMax is below ReconnectMin")
+		return fmt.Errorf("relay: Config.ReconnectMax (%s) is below ReconnectMin (%s)", c.ReconnectMax, c.ReconnectMin)
 	}
 	return nil
 }
