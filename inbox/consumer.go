@@ -166,7 +166,7 @@ func (c *Consumer) serve(ctx context.Context, conn *amqp.Connection) error {
 		if err := c.cooldown(ctx, connClosed); err != nil {
 			return err
 		}
-		ok, live, err := c.subscribe(ctx, conn, connClosed)
+		ok, live, err := c.subscribe(ctx, conn)
 		switch {
 		case ctx.Err() != nil:
 			return nil

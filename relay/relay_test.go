@@ -288,6 +288,13 @@ func TestFailingRowsAreRetriedAndDoNotBlockOthers(t *testing.T) {
 		t.Fatalf("got %q and %q", got[0].Body, got[1].Body)
 	}
 
+	// Another worker may have claimed the bad rows (committed first) and
+	// still be waiting for the broker's answer: await their charge.
+	testenv.Eventually(t, 30*time.Second, "the bad rows charged an attempt", func() (bool, error) {
+		var charged int
+		err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE attempts > 0 AND message_id = ANY($1)`, badIDs).Scan(&charged)
+		return charged == len(badIDs), err
+	})
 	wantErr := []string{"unroutable: returned by broker: 312 NO_ROUTE", "no_exchange: exchange", "too_large: payload is 2048 bytes"}
 	for i, id := range badIDs {
 		var (
