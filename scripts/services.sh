@@ -674,7 +674,6 @@ rmqn() { # rmqn N <tool> args...: run a RabbitMQ CLI tool against node N
 	as_user rabbitmq env "${RMQ_ENV[@]}" "$RMQ_BIN/$tool" "$@"
 }
 
-port_open() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 
 node_mgmt_ok() {
 	curl -fsS -o /dev/null --max-time 3 -u "$SVC_USER:$SVC_PASS" \
@@ -875,7 +874,7 @@ cluster_stop_all() {
 	if node_maybe_up 1 || ! node_down 1; then node_stop 1; fi
 }
 
-cluster_count() { grep -cx 'outbox[123]@localhost' || true; }
+cluster_count() { grep -cx "${NODE_PREFIX}[123]@localhost" || true; }
 
 cluster_healthy() {
 	local n
