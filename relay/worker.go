@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxrelay/outboxrelay/internal/backoff"
@@ -165,6 +166,35 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 		defer cancel()
 		_ = tx.Rollback(rctx) // a no-op after Commit
 	}()
+	rows, err := w.claimRows(ctx, tx)
+	if err != nil {
+		w.r.m.dbErrors.Inc()
+		return 0, err
+	}
+	if len(rows) == 0 {
+		return 0, tx.Commit(ctx)
+	}
+	outs, connErr := w.publishBatch(ctx, rows)
+	if connErr != nil && !errors.Is(connErr, errConnectionLost) {
+		return 0, connErr // context ended: roll back, nothing is known
+	}
+	m := w.settle(rows, outs)
+	dead, err := mark(ctx, tx, m.published, m.failures, m.suspected, w.r.cfg.MaxAttempts)
+	if err != nil {
+		w.r.m.dbErrors.Inc()
+		return 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		w.r.m.dbErrors.Inc()
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	w.report(start, rows, outs, m, dead)
+	return len(rows), connErr
+}
+
+// claimRows claims the next batch (see claim) in tx and loads the payloads
+// it did not bring inline.
+func (w *worker) claimRows(ctx context.Context, tx pgx.Tx) ([]claimed, error) {
 	from := w.low
 	if w.fullScan {
 		from, w.fullScan, w.lastFull = 0, false, time.Now()
@@ -183,57 +213,57 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 		unkeyedOnly: unkeyedOnly,
 	})
 	if err != nil {
-		w.r.m.dbErrors.Inc()
 		w.fullScan, w.keysPending = true, true
-		return 0, err
+		return nil, err
 	}
 	w.keysPending = keys
 	// Keys appeared while this claim looked at unkeyed rows only: claim
 	// again at once, with the keyed half.
 	w.keyedDone = unkeyedOnly && keys
 	if err := loadPayloads(ctx, tx, rows, cfg.MaxPayloadBytes, cfg.MaxBatchBytes); err != nil {
-		w.r.m.dbErrors.Inc()
-		return 0, err
+		return nil, err
 	}
 	w.advanceCursors(rows)
-	if len(rows) == 0 {
-		return 0, tx.Commit(ctx)
-	}
-	// A batch with a suspected row publishes alone on the connection, the
-	// other workers waiting: a lone row in flight is then the only message
-	// in flight, and if the connection dies it is the row to blame.
+	return rows, nil
+}
+
+// publishBatch publishes rows beside the other workers, or alone when the
+// batch holds a suspected row: a lone row in flight is then the only
+// message in flight, and if the connection dies it is the row to blame.
+func (w *worker) publishBatch(ctx context.Context, rows []claimed) ([]outcome, error) {
 	w.exclusive = slices.ContainsFunc(rows, func(c claimed) bool { return c.suspected })
 	if w.exclusive {
 		w.r.publishMu.Lock()
+		defer w.r.publishMu.Unlock()
 	} else {
 		w.r.publishMu.RLock()
+		defer w.r.publishMu.RUnlock()
 	}
-	outs, connErr := w.publish(ctx, rows)
-	if w.exclusive {
-		w.r.publishMu.Unlock()
-	} else {
-		w.r.publishMu.RUnlock()
-	}
-	if connErr != nil && !errors.Is(connErr, errConnectionLost) {
-		return 0, connErr // context ended: roll back, nothing is known
-	}
+	return w.publish(ctx, rows)
+}
 
-	var (
-		published       []int64
-		publishedMsgIDs []string
-		failures        []failure
-		suspected       []int64
-		released        int
-	)
+// marks is what a batch writes back: rows published, charged, suspected,
+// and how many it left untouched.
+type marks struct {
+	published       []int64
+	publishedMsgIDs []string
+	failures        []failure
+	suspected       []int64
+	released        int
+}
+
+// settle sorts the rows by outcome, for mark.
+func (w *worker) settle(rows []claimed, outs []outcome) marks {
+	var m marks
 	for i, o := range outs {
 		row := &rows[i]
 		switch o.state {
 		case stateOK:
-			published = append(published, row.id)
-			publishedMsgIDs = append(publishedMsgIDs, row.messageID)
+			m.published = append(m.published, row.id)
+			m.publishedMsgIDs = append(m.publishedMsgIDs, row.messageID)
 			w.keyedDone = w.keyedDone || row.key != ""
 		case stateFailed:
-			failures = append(failures, failure{
+			m.failures = append(m.failures, failure{
 				id: row.id, err: o.reason + ": " + o.msg, permanent: o.permanent,
 				delayMS: w.r.retry.Equal(row.attempts).Milliseconds(),
 			})
@@ -242,27 +272,23 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 				"exchange", row.exchange, "routing_key", row.routingKey, "ordering_key", row.key,
 				"attempt", row.attempts+1, "reason", o.reason, "permanent", o.permanent, "err", o.msg)
 		case stateSuspected:
-			suspected = append(suspected, row.id)
-			released++
+			m.suspected = append(m.suspected, row.id)
+			m.released++
 		default:
-			released++
+			m.released++
 		}
 	}
-	dead, err := mark(ctx, tx, published, failures, suspected, cfg.MaxAttempts)
-	if err != nil {
-		w.r.m.dbErrors.Inc()
-		return 0, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		w.r.m.dbErrors.Inc()
-		return 0, fmt.Errorf("commit: %w", err)
-	}
+	return m
+}
+
+// report counts and logs a committed batch and tells OnBatch.
+func (w *worker) report(start time.Time, rows []claimed, outs []outcome, m marks, dead int) {
 	now := time.Now()
 	w.r.m.batches.Inc()
 	w.r.m.batchSeconds.Observe(now.Sub(start).Seconds())
-	w.r.m.published.Add(float64(len(published)))
+	w.r.m.published.Add(float64(len(m.published)))
 	w.r.m.dead.Add(float64(dead))
-	w.r.m.suspected.Add(float64(len(suspected)))
+	w.r.m.suspected.Add(float64(len(m.suspected)))
 	for i, o := range outs {
 		if o.state == stateOK {
 			w.r.m.latency.Observe(now.Sub(rows[i].createdAt).Seconds())
@@ -271,17 +297,13 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 	if dead > 0 {
 		w.log.Error("rows parked as dead", "count", dead)
 	}
-	if len(suspected) > 0 {
+	if len(m.suspected) > 0 {
 		w.log.Warn("broker connection died with rows in flight; they will be published alone",
-			"suspected", len(suspected))
+			"suspected", len(m.suspected))
 	}
 	if w.r.cfg.OnBatch != nil {
-		w.r.cfg.OnBatch(BatchResult{Published: publishedMsgIDs, Failed: len(failures), Released: released, CommittedAt: now})
+		w.r.cfg.OnBatch(BatchResult{Published: m.publishedMsgIDs, Failed: len(m.failures), Released: m.released, CommittedAt: now})
 	}
-	if connErr != nil {
-		return len(rows), connErr
-	}
-	return len(rows), nil
 }
 
 // advanceCursors moves the claim cursors past what rows claimed.
@@ -342,43 +364,13 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 		if row.payload == nil && row.size <= w.r.cfg.MaxPayloadBytes {
 			break // over the batch's byte budget: this row and the rest wait
 		}
-		headers, err := w.checkRow(row, frameMax)
+		send, err := w.prepare(ctx, rows, i, frameMax, msgs, outs)
 		if err != nil {
-			outs[i] = outcome{state: stateFailed, reason: poisonReason(err), msg: err.Error(), permanent: true}
+			return outs, err
+		}
+		if !send {
 			holdKey(held, row)
 			continue
-		}
-		ok, err := w.r.broker.exchangeExists(ctx, row.exchange)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			if errors.Is(err, errCheckKilledConnection) {
-				// The check put this row's exchange on the wire and the
-				// connection died: the row is the suspect, as if it had
-				// been published. The rows not yet sent stay untouched.
-				if row.suspected && !w.r.broker.lastCloseReason().outage {
-					outs[i] = failed(reasonConnectionLost, "the broker connection died while this row's exchange was checked alone: %s", err)
-				} else {
-					outs[i] = outcome{state: stateSuspected}
-				}
-				return outs, errConnectionLost
-			}
-			holdKey(held, row) // broker trouble: leave the row pending, untouched
-			continue
-		}
-		if !ok {
-			outs[i] = failed(reasonNoExchange, "exchange %q does not exist", row.exchange)
-			holdKey(held, row)
-			continue
-		}
-		msgs[i] = amqp.Publishing{
-			Headers:      headers,
-			ContentType:  row.contentType,
-			DeliveryMode: amqp.Persistent,
-			MessageId:    row.messageID,
-			Timestamp:    row.createdAt,
-			Body:         row.payload,
 		}
 		if row.suspected {
 			if err := flush(); err != nil {
@@ -393,6 +385,49 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 		segment = append(segment, i)
 	}
 	return outs, flush()
+}
+
+// prepare checks rows[i] and builds its message in msgs[i]. It reports
+// false when the row is not to be sent: refused (its outcome set) or left
+// untouched because the broker is in trouble. An error ends the batch: the
+// context ended, or the exchange check killed the connection
+// (errConnectionLost, the row's outcome set).
+func (w *worker) prepare(ctx context.Context, rows []claimed, i, frameMax int, msgs []amqp.Publishing, outs []outcome) (bool, error) {
+	row := &rows[i]
+	headers, err := w.checkRow(row, frameMax)
+	if err != nil {
+		outs[i] = outcome{state: stateFailed, reason: poisonReason(err), msg: err.Error(), permanent: true}
+		return false, nil
+	}
+	ok, err := w.r.broker.exchangeExists(ctx, row.exchange)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return false, ctx.Err()
+	case errors.Is(err, errCheckKilledConnection):
+		// The check put this row's exchange on the wire and the
+		// connection died: the row is the suspect, as if it had been
+		// published. The rows not yet sent stay untouched.
+		if row.suspected && !w.r.broker.lastCloseReason().outage {
+			outs[i] = failed(reasonConnectionLost, "the broker connection died while this row's exchange was checked alone: %s", err)
+		} else {
+			outs[i] = outcome{state: stateSuspected}
+		}
+		return false, errConnectionLost
+	case err != nil:
+		return false, nil // broker trouble: leave the row pending, untouched
+	case !ok:
+		outs[i] = failed(reasonNoExchange, "exchange %q does not exist", row.exchange)
+		return false, nil
+	}
+	msgs[i] = amqp.Publishing{
+		Headers:      headers,
+		ContentType:  row.contentType,
+		DeliveryMode: amqp.Persistent,
+		MessageId:    row.messageID,
+		Timestamp:    row.createdAt,
+		Body:         row.payload,
+	}
+	return true, nil
 }
 
 // checkRow refuses, before it goes on the wire, a row AMQP or the broker
@@ -420,58 +455,16 @@ func holdKey(held map[string]bool, row *claimed) {
 // row without a key), and a key whose row failed sends no more.
 func (w *worker) sendSegment(ctx context.Context, rows []claimed, msgs []amqp.Publishing, seg []int, outs []outcome) error {
 	if !w.r.cfg.StrictOrdering || len(seg) == 1 {
-		lost, err := w.send(ctx, rows, msgs, seg, outs)
-		if errors.Is(err, errNoChannel) {
-			return errConnectionLost // nothing sent: the rows stay untouched
-		}
-		if err != nil {
-			return err
-		}
-		w.checkOvertaken(rows, seg, outs)
-		if err := w.settleLost(ctx, rows, msgs, seg, lost, outs); err != nil {
-			return err
-		}
-		if w.doomed {
-			return errConnectionLost
-		}
-		return nil
+		return w.sendAndSettle(ctx, rows, msgs, seg, outs, true)
 	}
 	stopped := map[string]bool{}
 	for wave := 0; ; wave++ {
-		var todo []int
-		seen := map[string]bool{}
-		for _, i := range seg {
-			if outs[i].state != statePending {
-				continue // sent in an earlier wave
-			}
-			k := rows[i].key
-			if k == "" {
-				if wave == 0 {
-					todo = append(todo, i)
-				}
-				continue
-			}
-			if stopped[k] || seen[k] {
-				continue
-			}
-			seen[k] = true
-			todo = append(todo, i)
-		}
+		todo := nextWave(rows, seg, outs, stopped, wave)
 		if len(todo) == 0 {
 			return nil
 		}
-		lost, err := w.send(ctx, rows, msgs, todo, outs)
-		if errors.Is(err, errNoChannel) {
-			return errConnectionLost
-		}
-		if err != nil {
+		if err := w.sendAndSettle(ctx, rows, msgs, todo, outs, false); err != nil {
 			return err
-		}
-		if err := w.settleLost(ctx, rows, msgs, todo, lost, outs); err != nil {
-			return err
-		}
-		if w.doomed {
-			return errConnectionLost
 		}
 		for _, i := range todo {
 			if k := rows[i].key; k != "" && outs[i].state != stateOK {
@@ -479,6 +472,53 @@ func (w *worker) sendSegment(ctx context.Context, rows []claimed, msgs []amqp.Pu
 			}
 		}
 	}
+}
+
+// nextWave picks a strict-ordering wave from seg: the next unsent row of
+// every key not stopped, and, in the first wave, every row without a key.
+func nextWave(rows []claimed, seg []int, outs []outcome, stopped map[string]bool, wave int) []int {
+	var todo []int
+	seen := map[string]bool{}
+	for _, i := range seg {
+		if outs[i].state != statePending {
+			continue // sent in an earlier wave
+		}
+		k := rows[i].key
+		if k == "" {
+			if wave == 0 {
+				todo = append(todo, i)
+			}
+			continue
+		}
+		if stopped[k] || seen[k] {
+			continue
+		}
+		seen[k] = true
+		todo = append(todo, i)
+	}
+	return todo
+}
+
+// sendAndSettle sends rows[todo], looks for overtakes (pipelined segments
+// only) and settles the rows whose confirm was lost.
+func (w *worker) sendAndSettle(ctx context.Context, rows []claimed, msgs []amqp.Publishing, todo []int, outs []outcome, pipelined bool) error {
+	lost, err := w.send(ctx, rows, msgs, todo, outs)
+	if errors.Is(err, errNoChannel) {
+		return errConnectionLost // nothing sent: the rows stay untouched
+	}
+	if err != nil {
+		return err
+	}
+	if pipelined {
+		w.checkOvertaken(rows, todo, outs)
+	}
+	if err := w.settleLost(ctx, rows, msgs, todo, lost, outs); err != nil {
+		return err
+	}
+	if w.doomed {
+		return errConnectionLost
+	}
+	return nil
 }
 
 // checkOvertaken finds, per key, a row that failed while a later row of
@@ -640,72 +680,14 @@ func (w *worker) send(ctx context.Context, rows []claimed, msgs []amqp.Publishin
 	if err != nil {
 		return todo, errNoChannel
 	}
-	type inflight struct {
-		i  int
-		dc *amqp.DeferredConfirmation
+	sent, err := w.publishAll(ctx, ch, rows, msgs, todo, outs)
+	if err != nil {
+		return nil, err
 	}
-	sent := make([]inflight, 0, len(todo))
-	for _, i := range todo {
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, rows[i].exchange, rows[i].routingKey, true, false, msgs[i])
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			// Not sent, nor the rest: they stay untouched. Unless the
-			// channel was closed or the socket failed, the client could
-			// not encode this message: it is the culprit for sure, and
-			// the client is closing the connection under every row in
-			// flight.
-			if encodeFailure(err) {
-				outs[i] = outcome{state: stateFailed, reason: reasonUnencodable, permanent: true,
-					msg: fmt.Sprintf("amqp091-go cannot encode it: %v", err)}
-				w.doomed = true
-			}
-			break
-		}
-		sent = append(sent, inflight{i, dc})
+	returned, timedOut, err := w.awaitConfirms(ctx, sent)
+	if err != nil {
+		return nil, err
 	}
-
-	returned := map[string]amqp.Return{}
-	timeout := time.NewTimer(w.r.cfg.ConfirmTimeout)
-	defer timeout.Stop()
-	timedOut := false
-	for _, f := range sent {
-	wait:
-		for !timedOut {
-			select {
-			case <-f.dc.Done():
-				break wait
-			case ret, ok := <-w.returns:
-				if !ok {
-					w.returns = nil
-					continue
-				}
-				returned[ret.MessageId] = ret
-			case <-timeout.C:
-				timedOut = true
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
-	}
-	// A basic.return precedes its ack on the wire and the client hands it
-	// to w.returns before resolving the confirm, so once every confirm is
-	// in, every return for this batch is already buffered.
-	for drained := false; !drained; {
-		select {
-		case ret, ok := <-w.returns:
-			if !ok {
-				w.returns = nil
-				drained = true
-				continue
-			}
-			returned[ret.MessageId] = ret
-		default:
-			drained = true
-		}
-	}
-
 	closed := ch.IsClosed()
 	for _, f := range sent {
 		select {
@@ -734,6 +716,80 @@ func (w *worker) send(ctx context.Context, rows []claimed, msgs []amqp.Publishin
 		w.closeChannel()
 	}
 	return lost, nil
+}
+
+// inflight is a published row awaiting its confirm.
+type inflight struct {
+	i  int
+	dc *amqp.DeferredConfirmation
+}
+
+// publishAll puts rows[todo] on the wire, in order, until one fails.
+func (w *worker) publishAll(ctx context.Context, ch *amqp.Channel, rows []claimed, msgs []amqp.Publishing, todo []int, outs []outcome) ([]inflight, error) {
+	sent := make([]inflight, 0, len(todo))
+	for _, i := range todo {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, rows[i].exchange, rows[i].routingKey, true, false, msgs[i])
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			// Not sent, nor the rest: they stay untouched. Unless the
+			// channel was closed or the socket failed, the client could
+			// not encode this message: it is the culprit for sure, and
+			// the client is closing the connection under every row in
+			// flight.
+			if encodeFailure(err) {
+				outs[i] = outcome{state: stateFailed, reason: reasonUnencodable, permanent: true,
+					msg: fmt.Sprintf("amqp091-go cannot encode it: %v", err)}
+				w.doomed = true
+			}
+			break
+		}
+		sent = append(sent, inflight{i, dc})
+	}
+	return sent, nil
+}
+
+// awaitConfirms waits for every confirm of sent, up to ConfirmTimeout,
+// collecting the returns (by message id) the broker sent before them.
+func (w *worker) awaitConfirms(ctx context.Context, sent []inflight) (returned map[string]amqp.Return, timedOut bool, err error) {
+	returned = map[string]amqp.Return{}
+	timeout := time.NewTimer(w.r.cfg.ConfirmTimeout)
+	defer timeout.Stop()
+	for _, f := range sent {
+	wait:
+		for !timedOut {
+			select {
+			case <-f.dc.Done():
+				break wait
+			case ret, ok := <-w.returns:
+				if !ok {
+					w.returns = nil
+					continue
+				}
+				returned[ret.MessageId] = ret
+			case <-timeout.C:
+				timedOut = true
+			case <-ctx.Done():
+				return nil, false, ctx.Err()
+			}
+		}
+	}
+	// A basic.return precedes its ack on the wire and the client hands it
+	// to w.returns before resolving the confirm, so once every confirm is
+	// in, every return for this batch is already buffered.
+	for {
+		select {
+		case ret, ok := <-w.returns:
+			if !ok {
+				w.returns = nil
+				return returned, timedOut, nil
+			}
+			returned[ret.MessageId] = ret
+		default:
+			return returned, timedOut, nil
+		}
+	}
 }
 
 // encodeFailure tells whether a publish error is amqp091-go refusing to
