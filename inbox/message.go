@@ -3,6 +3,7 @@ package inbox
 import (
 	"context"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -94,29 +95,16 @@ const maxAttemptsHeader = 1 << 20
 // unreadable, negative or absurd counts as no attempts so far.
 func attemptsOf(h amqp.Table) int {
 	var n int64
-	switch v := h[HeaderAttempts].(type) {
-	case int8:
-		n = int64(v)
-	case int16:
-		n = int64(v)
-	case int32:
-		n = int64(v)
-	case int64:
-		n = v
-	case int:
-		n = int64(v)
-	case uint8:
-		n = int64(v)
-	case uint16:
-		n = int64(v)
-	case uint32:
-		n = int64(v)
-	case float32:
-		n = floatAttempts(float64(v))
-	case float64:
-		n = floatAttempts(v)
-	case string:
-		p, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	v := reflect.ValueOf(h[HeaderAttempts])
+	switch v.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n = v.Int()
+	case reflect.Uint8, reflect.Uint16, reflect.Uint32:
+		n = int64(v.Uint())
+	case reflect.Float32, reflect.Float64:
+		n = floatAttempts(v.Float())
+	case reflect.String:
+		p, err := strconv.ParseInt(strings.TrimSpace(v.String()), 10, 64)
 		if err != nil {
 			return 0
 		}
