@@ -3,8 +3,11 @@ package migrations_test
 import (
 	"context"
 	"database/sql"
+	"errors"
+	"io/fs"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"testing/fstest"
 
@@ -34,9 +37,13 @@ func appMigrations(timestamps bool) fstest.MapFS {
 }
 
 // gooseUp applies files to dsn with goose's defaults (table
-// goose_db_version), up to version to (0: all).
-func gooseUp(t *testing.T, dsn string, files fstest.MapFS, table string, to int64) []int64 {
+// goose_db_version unless table says otherwise), up to version to (0:
+// all); nil files are the relay's own.
+func gooseUp(t *testing.T, dsn string, files fs.FS, table string, to int64) []int64 {
 	t.Helper()
+	if files == nil {
+		files = migrations.Files // what an earlier relay ran
+	}
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -78,20 +85,6 @@ func history(t *testing.T, pool *pgxpool.Pool, table string) []string {
 	return h
 }
 
-// otherSchema names a schema that does not exist yet, dropped when the
-// test ends.
-func otherSchema(t *testing.T) string {
-	t.Helper()
-	name := testenv.Name("relay")
-	pool := testenv.Pool(t, testenv.Services(t).DatabaseURL)
-	t.Cleanup(func() {
-		if _, err := pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+name+" CASCADE"); err != nil {
-			t.Errorf("drop schema: %v", err)
-		}
-	})
-	return name
-}
-
 // Acceptance 1 (issue 11): an application whose goose history (integer or
 // timestamp versions) lives in the same schema keeps it untouched, and the
 // relay's tables are created, in that schema or in one of their own.
@@ -123,7 +116,7 @@ func TestMigrateBesideAnApplicationsGoose(t *testing.T) {
 
 			schema := ""
 			if tc.ownSchema {
-				schema = otherSchema(t)
+				schema = testenv.NewSchemaName(t)
 			}
 			res, err := migrations.UpSchema(ctx, appDSN, schema)
 			if err != nil {
@@ -158,4 +151,78 @@ func TestMigrateBesideAnApplicationsGoose(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A database migrated by an earlier relay (its history in
+// goose_db_version) is carried over: no migration runs twice, the rows
+// stay, and the schema ends as a fresh one; the legacy table is left as it
+// was. An earlier relay that stopped at version 2 gets the rest applied.
+func TestMigrateCarriesOverAnEarlierRelaysHistory(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	freshDSN := testenv.NewSchema(t, true)
+	fresh := testenv.SchemaDump(t, testenv.Pool(t, freshDSN), testenv.CurrentSchema(t, freshDSN), migrations.VersionTable)
+
+	for _, upTo := range []int64{0, 2} {
+		dsn := testenv.NewSchema(t, false)
+		pool := testenv.Pool(t, dsn)
+		legacy := gooseUp(t, dsn, nil, migrations.LegacyVersionTable, upTo)
+		if _, err := outbox.Enqueue(ctx, pool, outbox.Message{RoutingKey: "k", Payload: []byte("{}")}); err != nil {
+			t.Fatal(err)
+		}
+		err := migrations.Check(ctx, pool)
+		if !errors.Is(err, migrations.ErrNotMigrated) || !strings.Contains(err.Error(), "earlier relay") {
+			t.Fatalf("check of a schema an earlier relay migrated: got %v, want ErrNotMigrated naming the earlier relay", err)
+		}
+		before := history(t, pool, migrations.LegacyVersionTable)
+
+		res, err := migrations.Up(ctx, dsn)
+		if err != nil {
+			t.Fatalf("migrate (earlier relay at %v): %v", legacy, err)
+		}
+		if !slices.Equal(res.Carried, legacy) {
+			t.Errorf("carried %v, want the earlier relay's %v", res.Carried, legacy)
+		}
+		for _, v := range res.Applied {
+			if slices.Contains(legacy, v) {
+				t.Errorf("version %d applied again (applied %v)", v, res.Applied)
+			}
+		}
+		if after := history(t, pool, migrations.LegacyVersionTable); !slices.Equal(before, after) {
+			t.Errorf("%s changed:\nbefore %q\nafter  %q", migrations.LegacyVersionTable, before, after)
+		}
+		// Everything but the legacy table, which is left, as a fresh one.
+		got := slices.DeleteFunc(testenv.SchemaDump(t, pool, testenv.CurrentSchema(t, dsn), migrations.VersionTable),
+			func(l string) bool { return strings.Contains(l, migrations.LegacyVersionTable) })
+		if !slices.Equal(got, fresh) {
+			t.Errorf("upgraded schema differs from a fresh one:\n%s", diff(fresh, got))
+		}
+		var rows int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&rows); err != nil || rows != 1 {
+			t.Errorf("outbox rows after the upgrade: %d (%v), want 1", rows, err)
+		}
+		if err := migrations.Check(ctx, pool); err != nil {
+			t.Errorf("check after the upgrade: %v", err)
+		}
+		again, err := migrations.Up(ctx, dsn)
+		if err != nil || len(again.Carried)+len(again.Applied) != 0 {
+			t.Errorf("second migrate: carried %v, applied %v, %v; want nothing", again.Carried, again.Applied, err)
+		}
+	}
+}
+
+// diff lists the lines only one side has.
+func diff(want, got []string) string {
+	var b strings.Builder
+	for _, l := range want {
+		if !slices.Contains(got, l) {
+			b.WriteString("- " + l + "\n")
+		}
+	}
+	for _, l := range got {
+		if !slices.Contains(want, l) {
+			b.WriteString("+ " + l + "\n")
+		}
+	}
+	return b.String()
 }

@@ -44,7 +44,10 @@ func runMigrate(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSe
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "\n%s", migrations.Grants(schema, roles))
+		if printSQL {
+			fmt.Fprintln(e.stdout)
+		}
+		fmt.Fprint(e.stdout, migrations.Grants(schema, roles))
 		return nil
 	}
 	if cfg.DatabaseURL == "" {
