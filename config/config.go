@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/pflag"
@@ -24,6 +25,7 @@ import (
 // relay: Load fills defaults and validates.
 type Config struct {
 	DatabaseURL       string
+	Schema            string
 	AMQPURLs          []string
 	HTTPAddr          string
 	BatchSize         int
@@ -69,6 +71,13 @@ var keys = []key{
 			return err
 		}
 		c.DatabaseURL = s
+		return nil
+	}},
+	{"schema", "", "schema of the relay's tables, created by `relay migrate` if missing; taken as written (case matters); empty: the connection's current schema", func(c *Config, s string) error {
+		if err := checkSchema(s); err != nil {
+			return err
+		}
+		c.Schema = s
 		return nil
 	}},
 	{"amqp_url", "", "RabbitMQ URL(s), comma-separated for a failover list; required", func(c *Config, s string) error {
@@ -286,6 +295,24 @@ func oneOf(allowed []string, set func(*Config, string)) func(*Config, string) er
 		}
 		return fmt.Errorf("must be one of %s, got %s", strings.Join(allowed, ", "), shown(s))
 	}
+}
+
+// maxSchema is the longest schema name: the relay's notification channel
+// "<schema>.outbox" must fit PostgreSQL's 63-byte identifiers.
+const maxSchema = 63 - len(".outbox")
+
+// checkSchema accepts any name PostgreSQL can hold that fits maxSchema;
+// the relay always quotes it.
+func checkSchema(s string) error {
+	if len(s) > maxSchema {
+		return fmt.Errorf("must be at most %d bytes (the notification channel \"<schema>.outbox\" must fit 63), got %d", maxSchema, len(s))
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			return fmt.Errorf("must be printable UTF-8, got %s", shown(s))
+		}
+	}
+	return nil
 }
 
 // checkPostgres accepts what pgx accepts: a postgres:// URL or a key=value

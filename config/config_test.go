@@ -49,6 +49,24 @@ func TestLoadPrecedence(t *testing.T) {
 	}
 }
 
+func TestSchemaIsTakenAsWritten(t *testing.T) {
+	t.Parallel()
+	fs := Flags("test")
+	if err := fs.Parse([]string{"--schema", "Relay Ops"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(fs, []string{"RELAY_SCHEMA=ignored"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Schema != "Relay Ops" {
+		t.Fatalf("schema: got %q, want the flag's value as written", c.Schema)
+	}
+	if c, err = Load(nil, nil); err != nil || c.Schema != "" {
+		t.Fatalf("default schema: got %q, %v; want empty (the connection's current schema)", c.Schema, err)
+	}
+}
+
 func TestLoadErrorsNameTheKeyAndHideSecrets(t *testing.T) {
 	t.Parallel()
 	base := []string{"RELAY_DATABASE_URL=postgres://u:s3cret@h/db", "RELAY_AMQP_URL=amqp://u:s3cret@h/"}
@@ -76,6 +94,8 @@ func TestLoadErrorsNameTheKeyAndHideSecrets(t *testing.T) {
 		{[]string{"RELAY_LOG_LEVEL=in\x1b[2Jfo\nx"}, `log_level (from RELAY_LOG_LEVEL): must be one of debug, info, warn, error, got "in\x1b[2jfo\nx"`},
 		{[]string{"RELAY_RETRY_BASE=10m", "RELAY_RETRY_MAX=1m"}, "retry_max: must be at least retry_base"},
 		{[]string{"RELAY_DATABASE_URL="}, "database_url: is required"},
+		{[]string{"RELAY_SCHEMA=" + strings.Repeat("s", 57)}, "schema (from RELAY_SCHEMA): must be at most 56 bytes"},
+		{[]string{"RELAY_SCHEMA=re\tlay"}, `schema (from RELAY_SCHEMA): must be printable UTF-8, got "re\tlay"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.want, func(t *testing.T) {

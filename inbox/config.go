@@ -42,6 +42,10 @@ type Config struct {
 	Name string
 	// DB reaches the database holding the inbox table (required).
 	DB DB
+	// Schema holds the inbox table (the relay's `schema` setting), taken
+	// as written (case matters); empty: the first schema of the
+	// connection's search_path that has one.
+	Schema string
 	// AMQPURLs is the broker failover list, tried in turn (required):
 	// amqp:// or amqps:// URLs, checked by New. Reserved characters in a
 	// user name or password must be percent-encoded. Logs and errors name

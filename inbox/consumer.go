@@ -3,11 +3,13 @@ package inbox
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxrelay/outboxrelay/internal/amqpconn"
@@ -25,6 +27,8 @@ type Consumer struct {
 	conn    *amqpconn.Manager
 	resub   backoff.Policy // delays between subscriptions on one connection
 	running atomic.Bool
+
+	insertSQL, pruneSQL string // insertInbox and pruneInbox on Config.Schema's table
 
 	mu     sync.Mutex
 	status string // why not consuming; "" while consuming
@@ -49,6 +53,11 @@ func New(cfg Config) (*Consumer, error) {
 		resub:  reconnect,
 		status: "not started",
 	}
+	table := "inbox"
+	if cfg.Schema != "" {
+		table = pgx.Identifier{cfg.Schema, "inbox"}.Sanitize()
+	}
+	c.insertSQL, c.pruneSQL = fmt.Sprintf(insertInbox, table), fmt.Sprintf(pruneInbox, table)
 	// A connection proves itself when a message arrives on it (Settled in
 	// subscribe), not when it opens: a delivery that breaks every
 	// connection before one arrives makes the reconnect delays grow.

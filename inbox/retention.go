@@ -12,11 +12,11 @@ import (
 // first) and stops after $3 matches; the outer delete finds them by the
 // primary key. Small batches keep each statement's locks and WAL short, so
 // retention never stalls the consumers inserting beside it. The cutoff is
-// the database's clock, like processed_at's default.
+// the database's clock, like processed_at's default. %[1]s is the table.
 const pruneInbox = `
-DELETE FROM inbox
+DELETE FROM %[1]s
 WHERE consumer = $1 AND message_id IN (
-    SELECT message_id FROM inbox
+    SELECT message_id FROM %[1]s
     WHERE consumer = $1 AND processed_at < now() - make_interval(secs => $2::float8)
     ORDER BY processed_at
     LIMIT $3)`
@@ -43,7 +43,7 @@ func (c *Consumer) retain(ctx context.Context) {
 func (c *Consumer) prune(ctx context.Context) (int64, error) {
 	var total int64
 	for ctx.Err() == nil {
-		tag, err := c.cfg.DB.Exec(ctx, pruneInbox, c.cfg.Name, c.cfg.RetentionWindow.Seconds(), c.cfg.RetentionBatch)
+		tag, err := c.cfg.DB.Exec(ctx, c.pruneSQL, c.cfg.Name, c.cfg.RetentionWindow.Seconds(), c.cfg.RetentionBatch)
 		if err != nil {
 			return total, fmt.Errorf("inbox: prune: %w", err)
 		}

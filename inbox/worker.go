@@ -14,7 +14,8 @@ import (
 // insertInbox claims a message for this consumer. The primary key
 // (consumer, message_id) makes a second copy insert nothing; a copy racing
 // an uncommitted first one waits on the key and then sees its outcome.
-const insertInbox = `INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`
+// %s is the table.
+const insertInbox = `INSERT INTO %s (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`
 
 var errNoMessageID = errors.New("message has no message-id: it cannot be deduplicated, so it is never processed")
 
@@ -109,7 +110,7 @@ func (w *worker) apply(ctx context.Context, m Message) (outcome, error) {
 	// After a commit this is a no-op. WithoutCancel: a rollback must reach
 	// the server even when ctx ended, or the connection is discarded.
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	tag, err := tx.Exec(ctx, insertInbox, c.cfg.Name, m.ID)
+	tag, err := tx.Exec(ctx, c.insertSQL, c.cfg.Name, m.ID)
 	if err != nil {
 		return failed, fmt.Errorf("inbox: insert inbox row: %w", err)
 	}

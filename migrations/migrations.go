@@ -2,7 +2,6 @@ package migrations
 
 import (
 	"context"
-	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
@@ -13,7 +12,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
-	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
 )
@@ -21,37 +20,59 @@ import (
 //go:embed *.sql
 var files embed.FS
 
-// VersionTable is goose's version table, where Up records what it applied
-// and Check reads it. Named once here so that renaming it is one change.
-const VersionTable = "goose_db_version"
+// VersionTable is the relay's own goose version table, where Up records
+// what it applied and Check reads it. It is not goose's default
+// (goose_db_version), so that an application migrating the same schema
+// with goose keeps its history to itself.
+const VersionTable = "outbox_relay_version"
+
+// LegacyVersionTable is where relays before 0.2 kept their history (goose's
+// default table). Up carries the relay's versions over from it once; it
+// never writes to it.
+const LegacyVersionTable = "goose_db_version"
 
 // ErrNotMigrated is wrapped by Check's error when the schema lacks the
 // relay's tables or is older than this binary: `relay migrate` fixes it.
 var ErrNotMigrated = errors.New("run `relay migrate`")
 
-// Result says what Up did: the versions it applied, and the version the
-// schema is at afterwards.
+// Result says what Up did: the versions it carried over from
+// LegacyVersionTable, the versions it applied, and the version the schema
+// is at afterwards.
 type Result struct {
+	Schema  string
+	Carried []int64
 	Applied []int64
 	Version int64
 }
 
-// Up applies every pending migration to the database at databaseURL.
+// Up applies every pending migration to the schema that unqualified names
+// resolve to on databaseURL (its current schema).
 func Up(ctx context.Context, databaseURL string) (Result, error) {
-	db, err := sql.Open("pgx", databaseURL)
+	return UpSchema(ctx, databaseURL, "")
+}
+
+// UpSchema applies every pending migration to schema, creating the schema
+// if it does not exist; an empty schema is the connection's current schema
+// (Up). The relay's tables, functions and version table all go there.
+func UpSchema(ctx context.Context, databaseURL, schema string) (Result, error) {
+	cc, err := pgx.ParseConfig(databaseURL)
 	if err != nil {
-		return Result{}, fmt.Errorf("migrations: open database: %w", err)
+		return Result{}, fmt.Errorf("migrations: parse database url: %w", err)
 	}
+	if schema != "" {
+		cc.RuntimeParams["search_path"] = SearchPath(schema)
+	}
+	db := stdlib.OpenDB(*cc)
 	defer db.Close()
 
+	var res Result
+	if res.Schema, res.Carried, err = prepare(ctx, db, schema); err != nil {
+		return Result{}, err
+	}
 	// Serialise concurrent runs against the same schema with an advisory
 	// lock keyed on it; different schemas migrate in parallel.
-	var schema string
-	if err := db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
-		return Result{}, fmt.Errorf("migrations: read current schema: %w", err)
-	}
 	locker, err := lock.NewPostgresSessionLocker(
-		lock.WithLockID(lockID(schema)),
+		lock.WithLockID(lockID(res.Schema)),
 		lock.WithLockTimeout(1, 300),
 	)
 	if err != nil {
@@ -69,7 +90,6 @@ func Up(ctx context.Context, databaseURL string) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("migrations: up: %w", err)
 	}
-	var res Result
 	for _, r := range results {
 		res.Applied = append(res.Applied, r.Source.Version)
 	}
@@ -78,6 +98,10 @@ func Up(ctx context.Context, databaseURL string) (Result, error) {
 	}
 	return res, nil
 }
+
+// SearchPath returns the value of search_path that makes schema the
+// current schema: the name quoted, so it is taken as written.
+func SearchPath(schema string) string { return pgx.Identifier{schema}.Sanitize() }
 
 func lockID(schema string) int64 {
 	h := fnv.New64a()
@@ -92,13 +116,15 @@ type Querier interface {
 
 // checkSQL reads, in one round trip, the schema that unqualified names
 // resolve to (the one Up migrates), whether the version table and the
-// outbox exist there, and the versions applied: a version counts when its
-// latest row says applied (goose records a down as a later row or deletes
-// the row). %s is VersionTable.
+// outbox exist there (and an earlier relay's LegacyVersionTable), and the
+// versions applied: a version counts when its latest row says applied
+// (goose records a down as a later row or deletes the row). %[1]s is
+// VersionTable, %[2]s LegacyVersionTable.
 const checkSQL = `
 SELECT current_schema(),
        to_regclass(quote_ident(current_schema()) || '.%[1]s') IS NOT NULL,
-       to_regclass(quote_ident(current_schema()) || '.outbox') IS NOT NULL`
+       to_regclass(quote_ident(current_schema()) || '.outbox') IS NOT NULL,
+       to_regclass(quote_ident(current_schema()) || '.%[2]s') IS NOT NULL`
 
 const appliedSQL = `
 SELECT coalesce(array_agg(version_id), '{}')
@@ -118,12 +144,16 @@ func Check(ctx context.Context, db Querier) error {
 		return err
 	}
 	var schema *string
-	var hasVersions, hasOutbox bool
-	if err := db.QueryRow(ctx, fmt.Sprintf(checkSQL, VersionTable)).Scan(&schema, &hasVersions, &hasOutbox); err != nil {
+	var hasVersions, hasOutbox, hasLegacy bool
+	if err := db.QueryRow(ctx, fmt.Sprintf(checkSQL, VersionTable, LegacyVersionTable)).Scan(&schema, &hasVersions, &hasOutbox, &hasLegacy); err != nil {
 		return fmt.Errorf("migrations: check schema: %w", err)
 	}
 	if schema == nil {
 		return fmt.Errorf("migrations: no schema in search_path exists: %w", ErrNotMigrated)
+	}
+	if !hasVersions && hasOutbox && hasLegacy {
+		return fmt.Errorf("migrations: schema %q was migrated by an earlier relay (history in %s): %w",
+			*schema, LegacyVersionTable, ErrNotMigrated)
 	}
 	if !hasVersions || !hasOutbox {
 		return fmt.Errorf("migrations: schema %q has no relay tables: %w", *schema, ErrNotMigrated)

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -18,19 +19,45 @@ type Execer interface {
 
 // insertMany inserts any number of rows in one statement by zipping
 // parallel arrays with unnest. Columns left NULL fall back to the defaults
-// the table would have given.
+// the table would have given. %s is the table (Table.name).
 const insertMany = `
-INSERT INTO outbox (message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at)
+INSERT INTO %s (message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at)
 SELECT m.message_id, m.exchange, m.routing_key, m.payload, m.content_type, m.headers, m.ordering_key,
        coalesce(m.available_at, now())
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::jsonb[], $7::text[], $8::timestamptz[])
     AS m(message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at)`
 
-// Enqueue writes msgs to the outbox table through tx, in one round trip,
-// and returns their message ids in the same order. It validates every
-// message first: if one is invalid, nothing is written and the error wraps
-// ErrInvalidMessage.
+// Table is the outbox table of one schema. The zero Table is the outbox
+// found through the connection's search_path, as the package-level
+// Enqueue uses; set Schema when the relay's tables live in a schema of
+// their own (the relay's `schema` setting) and the application's
+// connection works in another:
+//
+//	outbox.Table{Schema: "relay"}.Enqueue(ctx, tx, msg)
+type Table struct {
+	// Schema holds the outbox table, taken as written (case matters);
+	// empty: the first schema of the search_path that has one.
+	Schema string
+}
+
+func (t Table) name() string {
+	if t.Schema == "" {
+		return "outbox"
+	}
+	return pgx.Identifier{t.Schema, "outbox"}.Sanitize()
+}
+
+// Enqueue writes msgs to the outbox table of the connection's search_path
+// through tx: Table{}.Enqueue.
 func Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]string, error) {
+	return Table{}.Enqueue(ctx, tx, msgs...)
+}
+
+// Enqueue writes msgs to the table through tx, in one round trip, and
+// returns their message ids in the same order. It validates every message
+// first: if one is invalid, nothing is written and the error wraps
+// ErrInvalidMessage.
+func (t Table) Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]string, error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
@@ -66,7 +93,7 @@ func Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]string, error) 
 		msgIDs[i], exchanges[i], routingKeys[i], payloads[i] = r.messageID, r.exchange, r.routingKey, r.payload
 		contentTypes[i], headers[i], orderingKeys[i], availableAts[i] = r.contentType, string(r.headers), r.orderingKey, r.availableAt
 	}
-	tag, err := tx.Exec(ctx, insertMany, msgIDs, exchanges, routingKeys, payloads, contentTypes, headers, orderingKeys, availableAts)
+	tag, err := tx.Exec(ctx, fmt.Sprintf(insertMany, t.name()), msgIDs, exchanges, routingKeys, payloads, contentTypes, headers, orderingKeys, availableAts)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: enqueue: %w", err)
 	}

@@ -44,8 +44,12 @@ func (r *Relay) listenOnce(ctx context.Context, connected func()) error {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	// The channel is named after the schema the relay claims from: the
+	// pool's (its search_path may be set by the caller, e.g. the `schema`
+	// setting), not the listen connection's, which listen_database_url
+	// may leave elsewhere.
 	var schema string
-	if err := conn.QueryRow(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
+	if err := r.pool.QueryRow(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
 		return fmt.Errorf("read schema: %w", err)
 	}
 	channel := schema + ".outbox"

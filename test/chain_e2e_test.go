@@ -81,13 +81,7 @@ func TestChainEnqueueRelayKillsInboxExactlyOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	stopped := make(chan error, 1)
-	go func() { stopped <- consumer.Run(runCtx) }()
-	t.Cleanup(func() {
-		stop()
-		<-stopped
-	})
+	runConsumer(t, consumer)
 
 	relayEnv := []string{"RELAY_DATABASE_URL=" + dsn, "RELAY_AMQP_URL=" + env.AMQPURL,
 		"RELAY_BATCH_SIZE=25", "RELAY_RECONNECT_MAX=200ms"}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outboxrelay/outboxrelay/inbox"
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
@@ -35,6 +36,18 @@ func relayCmd(t *testing.T, env []string, args ...string) (string, int) {
 func startRelay(t *testing.T, env ...string) *testenv.RelayProc {
 	t.Helper()
 	return testenv.StartRelayProc(t, env...)
+}
+
+// runConsumer runs c until the test ends.
+func runConsumer(t *testing.T, c *inbox.Consumer) {
+	t.Helper()
+	ctx, stop := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		stop()
+		<-stopped
+	})
 }
 
 // status returns the HTTP status of path on the relay, or 0 if it does not

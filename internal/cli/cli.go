@@ -71,7 +71,7 @@ func printable(s string) string {
 func commands() []command {
 	return []command{
 		{"run", "run the relay until SIGTERM or SIGINT", []string{config.KeyDatabaseURL, config.KeyAMQPURL}, nil, runRelay},
-		{"migrate", "apply the embedded database migrations (safe to repeat)", []string{config.KeyDatabaseURL}, nil, runMigrate},
+		{"migrate", "apply the embedded database migrations (safe to repeat) [--print-sql] [--app-role R --relay-role R --consumer-role R] [--print-grants]", nil, migrateFlags, runMigrate},
 		{"status", "pending, due, dead rows and oldest pending age, per exchange [--json]", []string{config.KeyDatabaseURL}, statusFlags, runStatus},
 		{"dead", "list dead rows with their last error [--limit N] [--json]", []string{config.KeyDatabaseURL}, deadFlags, runDead},
 		{"requeue", "move dead rows back to pending: requeue ID... | requeue --all", []string{config.KeyDatabaseURL}, requeueFlags, runRequeue},

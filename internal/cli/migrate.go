@@ -4,21 +4,128 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/pflag"
 
 	"github.com/outboxrelay/outboxrelay/config"
 	"github.com/outboxrelay/outboxrelay/migrations"
 )
 
-func runMigrate(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) error {
-	res, err := migrations.Up(ctx, cfg.DatabaseURL)
+func migrateFlags(fs *pflag.FlagSet) {
+	fs.Bool("print-sql", false, "print the SQL of every migration (and the grants of the roles named) instead of applying it, for psql or another migration tool")
+	fs.Bool("print-grants", false, "print only the grants of the roles named")
+	fs.String("app-role", "", "grant this role what an application needs to write outbox rows")
+	fs.String("relay-role", "", "grant this role what `relay run` and the operations commands need")
+	fs.String("consumer-role", "", "grant this role what an inbox consumer needs")
+}
+
+func runMigrate(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
+	printSQL, _ := fs.GetBool("print-sql")
+	printGrants, _ := fs.GetBool("print-grants")
+	var roles migrations.Roles
+	roles.App, _ = fs.GetString("app-role")
+	roles.Relay, _ = fs.GetString("relay-role")
+	roles.Consumer, _ = fs.GetString("consumer-role")
+	if printGrants && roles.Empty() {
+		return usageError{"--print-grants needs --app-role, --relay-role or --consumer-role"}
+	}
+	if printSQL {
+		script, err := migrations.Script(cfg.Schema)
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(e.stdout, script)
+	}
+	if printSQL || printGrants {
+		if roles.Empty() {
+			return nil
+		}
+		schema, err := grantSchema(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		if printSQL {
+			fmt.Fprintln(e.stdout)
+		}
+		fmt.Fprint(e.stdout, migrations.Grants(schema, roles))
+		return nil
+	}
+	if cfg.DatabaseURL == "" {
+		return usageError{"database_url is required (set RELAY_DATABASE_URL or --database-url)"}
+	}
+	res, err := migrations.UpSchema(ctx, cfg.DatabaseURL, cfg.Schema)
 	if err != nil {
 		return err
 	}
+	if len(res.Carried) > 0 {
+		fmt.Fprintf(e.stdout, "migrate: carried over versions %s from %s to %s (%s left as it was: drop it if nothing else uses it)\n",
+			joinInts(res.Carried), migrations.LegacyVersionTable, migrations.VersionTable, migrations.LegacyVersionTable)
+	}
 	if len(res.Applied) == 0 {
-		fmt.Fprintf(e.stdout, "migrate: nothing to apply; schema at version %d\n", res.Version)
+		fmt.Fprintf(e.stdout, "migrate: nothing to apply; schema %q at version %d\n", res.Schema, res.Version)
+	} else {
+		fmt.Fprintf(e.stdout, "migrate: applied %s; schema %q at version %d\n", joinInts(res.Applied), res.Schema, res.Version)
+	}
+	if roles.Empty() {
 		return nil
 	}
-	fmt.Fprintf(e.stdout, "migrate: applied %s; schema at version %d\n", joinInts(res.Applied), res.Version)
+	if err := applyGrants(ctx, cfg, res.Schema, roles); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "migrate: granted %s\n", rolesText(roles))
 	return nil
+}
+
+// grantSchema is the schema the grants name: the configured one, or the
+// database's current schema, which needs database_url.
+func grantSchema(ctx context.Context, cfg config.Config) (string, error) {
+	if cfg.Schema != "" {
+		return cfg.Schema, nil
+	}
+	if cfg.DatabaseURL == "" {
+		return "", usageError{"grants name the schema: set schema (RELAY_SCHEMA, --schema) or database_url to read the current one"}
+	}
+	pool, err := openPool(ctx, cfg)
+	if err != nil {
+		return "", err
+	}
+	defer pool.Close()
+	var schema *string
+	if err := pool.QueryRow(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
+		return "", fmt.Errorf("read current schema: %w", err)
+	}
+	if schema == nil {
+		return "", fmt.Errorf("no schema of the search_path exists")
+	}
+	return *schema, nil
+}
+
+// applyGrants runs the grants in one transaction.
+func applyGrants(ctx context.Context, cfg config.Config, schema string, roles migrations.Roles) error {
+	pool, err := openPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, migrations.Grants(schema, roles))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("grant: %w", err)
+	}
+	return nil
+}
+
+func rolesText(r migrations.Roles) string {
+	var s string
+	for _, p := range [][2]string{{"application", r.App}, {"relay", r.Relay}, {"consumer", r.Consumer}} {
+		if p[1] != "" {
+			if s != "" {
+				s += ", "
+			}
+			s += fmt.Sprintf("%s role %q", p[0], p[1])
+		}
+	}
+	return s
 }

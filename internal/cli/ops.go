@@ -15,6 +15,7 @@ import (
 
 	"github.com/outboxrelay/outboxrelay/config"
 	"github.com/outboxrelay/outboxrelay/internal/redact"
+	"github.com/outboxrelay/outboxrelay/migrations"
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
@@ -27,10 +28,23 @@ func deadFlags(fs *pflag.FlagSet) {
 
 func requeueFlags(fs *pflag.FlagSet) { fs.Bool("all", false, "requeue every dead row") }
 
-func openPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
+// poolConfig parses database_url and pins the pool's search_path to
+// the configured schema, so the relay's unqualified table names find it.
+func poolConfig(cfg config.Config) (*pgxpool.Config, error) {
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("database_url: %s", redact.Scrub(err.Error(), cfg.Secrets()))
+	}
+	if cfg.Schema != "" {
+		pc.ConnConfig.RuntimeParams["search_path"] = migrations.SearchPath(cfg.Schema)
+	}
+	return pc, nil
+}
+
+func openPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
+	pc, err := poolConfig(cfg)
+	if err != nil {
+		return nil, err
 	}
 	pc.MaxConns = 2
 	pool, err := pgxpool.NewWithConfig(ctx, pc)

@@ -32,9 +32,9 @@ import (
 // check passes. The relay stops first (finishing in-flight batches), then
 // the HTTP server, then the pool.
 func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) error {
-	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	poolCfg, err := poolConfig(cfg)
 	if err != nil {
-		return fmt.Errorf("database_url: %s", redact.Scrub(err.Error(), cfg.Secrets()))
+		return err
 	}
 	poolCfg.MaxConns = int32(cfg.Workers + 4)
 	setMemoryLimit(e, cfg)

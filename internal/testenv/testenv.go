@@ -173,6 +173,29 @@ func NewSchema(t testing.TB, migrate bool) string {
 	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
 		t.Fatalf("create schema: %v", err)
 	}
+	dropAtEnd(t, e, schema)
+	dsn := WithSearchPath(e.DatabaseURL, schema)
+	if migrate {
+		if _, err := migrations.Up(ctx, dsn); err != nil {
+			t.Fatalf("migrate: %v", err)
+		}
+	}
+	return dsn
+}
+
+// NewSchemaName returns a unique schema name that does not exist yet, for
+// code under test to create; the schema is dropped, if it exists, when the
+// test ends.
+func NewSchemaName(t testing.TB) string {
+	t.Helper()
+	e := Services(t)
+	name := Name("relay")
+	dropAtEnd(t, e, name)
+	return name
+}
+
+// dropAtEnd drops schema, if it exists, when the test ends.
+func dropAtEnd(t testing.TB, e Env, schema string) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -182,17 +205,20 @@ func NewSchema(t testing.TB, migrate bool) string {
 			return
 		}
 		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
+		if _, err := c.Exec(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err != nil {
 			t.Errorf("drop schema: %v", err)
 		}
 	})
-	dsn := WithSearchPath(e.DatabaseURL, schema)
-	if migrate {
-		if _, err := migrations.Up(ctx, dsn); err != nil {
-			t.Fatalf("migrate: %v", err)
-		}
+}
+
+// CurrentSchema returns the current schema of a connection to dsn.
+func CurrentSchema(t testing.TB, dsn string) string {
+	t.Helper()
+	var s string
+	if err := Pool(t, dsn).QueryRow(context.Background(), "SELECT current_schema()").Scan(&s); err != nil {
+		t.Fatal(err)
 	}
-	return dsn
+	return s
 }
 
 // Pool opens a pool on dsn, closed when the test ends.
