@@ -133,7 +133,8 @@ keyed AS (
     SELECT r.* FROM keys CROSS JOIN LATERAL (
         SELECT o.id, keys.head, o.dead_at IS NULL AND o.available_at <= now() AS ok,
                o.message_id, o.exchange, o.routing_key, o.payload, o.content_type, o.headers,
-               o.created_at, o.attempts, o.ordering_key, o.suspected
+               o.created_at, o.attempts, o.ordering_key, o.suspected,
+               o.type, o.correlation_id, o.reply_to, o.expiration, o.priority, o.app_id
         FROM outbox o
         WHERE o.ordering_key >= keys.k AND o.ordering_key <= keys.k AND o.published_at IS NULL
           AND (o.dead_at IS NULL OR $3) AND o.id >= keys.head
@@ -144,7 +145,8 @@ keyed AS (
 unkeyed AS (
     SELECT o.id, 0::bigint AS head, true AS ok,
            o.message_id, o.exchange, o.routing_key, o.payload, o.content_type, o.headers,
-           o.created_at, o.attempts, o.ordering_key, o.suspected
+           o.created_at, o.attempts, o.ordering_key, o.suspected,
+           o.type, o.correlation_id, o.reply_to, o.expiration, o.priority, o.app_id
     FROM outbox o
     WHERE o.ordering_key IS NULL AND o.published_at IS NULL AND o.dead_at IS NULL
       AND o.available_at <= now() AND o.id >= $5
@@ -158,7 +160,9 @@ claimed AS (
 SELECT c.id, c.head, c.ok, c.message_id::text, c.exchange, c.routing_key,
        CASE WHEN octet_length(c.payload) <= least($7::bigint, $8::bigint / $6) THEN c.payload END,
        octet_length(c.payload), c.content_type, c.headers, c.created_at, c.attempts,
-       coalesce(c.ordering_key, ''), c.suspected
+       coalesce(c.ordering_key, ''), c.suspected,
+       coalesce(c.type, ''), coalesce(c.correlation_id, ''), coalesce(c.reply_to, ''),
+       coalesce(c.expiration, ''), coalesce(c.priority, 0), coalesce(c.app_id, '')
 FROM claimed c
 ORDER BY c.id`
 
@@ -172,7 +176,9 @@ ORDER BY c.id`
 const claimUnkeyed = `
 SELECT o.id, 0::bigint, true, o.message_id::text, o.exchange, o.routing_key,
        CASE WHEN octet_length(o.payload) <= least($3::bigint, $4::bigint / $1) THEN o.payload END,
-       octet_length(o.payload), o.content_type, o.headers, o.created_at, o.attempts, '', o.suspected
+       octet_length(o.payload), o.content_type, o.headers, o.created_at, o.attempts, '', o.suspected,
+       coalesce(o.type, ''), coalesce(o.correlation_id, ''), coalesce(o.reply_to, ''),
+       coalesce(o.expiration, ''), coalesce(o.priority, 0), coalesce(o.app_id, '')
 FROM outbox o
 WHERE o.ordering_key IS NULL AND o.published_at IS NULL AND o.dead_at IS NULL
   AND o.available_at <= now() AND o.id >= $2
@@ -232,6 +238,15 @@ type claimed struct {
 	attempts    int
 	key         string // ordering key, "" without one
 	suspected   bool
+	props       rowProps
+}
+
+// rowProps are a row's optional AMQP properties as the claim reads them:
+// NULL as "" and 0, priority as the smallint column holds it (the relay
+// checks its range before it narrows it to an octet).
+type rowProps struct {
+	typ, correlationID, replyTo, expiration, appID string
+	priority                                       int16
 }
 
 // claimArgs are claimBatch's parameters.
@@ -259,7 +274,8 @@ func claim(ctx context.Context, tx pgx.Tx, a claimArgs) (out []claimed, keys boo
 		out, cerr = pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
 			var c claimed
 			err := row.Scan(&c.id, &c.head, &c.ok, &c.messageID, &c.exchange, &c.routingKey, &c.payload, &c.size,
-				&c.contentType, &c.headers, &c.createdAt, &c.attempts, &c.key, &c.suspected)
+				&c.contentType, &c.headers, &c.createdAt, &c.attempts, &c.key, &c.suspected,
+				&c.props.typ, &c.props.correlationID, &c.props.replyTo, &c.props.expiration, &c.props.priority, &c.props.appID)
 			return c, err
 		})
 		return cerr

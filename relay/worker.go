@@ -12,6 +12,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxrelay/outboxrelay/internal/backoff"
+	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
 // worker runs claim -> publish -> mark -> commit loops on its own AMQP
@@ -338,7 +339,7 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 		if row.payload == nil && row.size <= w.r.cfg.MaxPayloadBytes {
 			break // over the batch's byte budget: this row and the rest wait
 		}
-		headers, err := w.checkRow(row, frameMax)
+		headers, props, err := w.checkRow(row, frameMax)
 		if err != nil {
 			outs[i] = outcome{state: stateFailed, reason: poisonReason(err), msg: err.Error(), permanent: true}
 			holdKey(held, row)
@@ -369,12 +370,18 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 			continue
 		}
 		msgs[i] = amqp.Publishing{
-			Headers:      headers,
-			ContentType:  row.contentType,
-			DeliveryMode: amqp.Persistent,
-			MessageId:    row.messageID,
-			Timestamp:    row.createdAt,
-			Body:         row.payload,
+			Headers:       headers,
+			ContentType:   row.contentType,
+			DeliveryMode:  amqp.Persistent,
+			MessageId:     row.messageID,
+			Timestamp:     row.createdAt,
+			Body:          row.payload,
+			Type:          props.Type,
+			CorrelationId: props.CorrelationID,
+			ReplyTo:       props.ReplyTo,
+			Expiration:    props.Expiration,
+			Priority:      props.Priority,
+			AppId:         props.AppID,
 		}
 		if row.suspected {
 			if err := flush(); err != nil {
@@ -393,13 +400,19 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 
 // checkRow refuses, before it goes on the wire, a row AMQP or the broker
 // could never carry (see checkRow in limits.go).
-func (w *worker) checkRow(row *claimed, frameMax int) (amqp.Table, error) {
+func (w *worker) checkRow(row *claimed, frameMax int) (amqp.Table, outbox.AMQPProperties, error) {
+	props, err := row.props.amqpProperties()
+	if err != nil {
+		return nil, props, err
+	}
 	if w.r.cfg.skipRowChecks {
 		// Tests only: let a row the broker will refuse through, to prove
 		// the second line of defence (suspects published alone).
-		return headersTable(row.headers, math.MaxInt32)
+		t, err := headersTable(row.headers, math.MaxInt32)
+		return t, props, err
 	}
-	return checkRow(row.exchange, row.routingKey, row.contentType, row.headers, row.size, w.r.cfg.MaxPayloadBytes, frameMax)
+	t, err := checkRow(row.exchange, row.routingKey, row.contentType, row.headers, row.size, w.r.cfg.MaxPayloadBytes, frameMax, props)
+	return t, props, err
 }
 
 // holdKey stops the rest of row's key in this batch: a later row must not
