@@ -26,7 +26,15 @@ ALTER TABLE outbox
 -- channel (PRECONDITION_FAILED) on anything else. The CASE keeps the cast
 -- from running on text that is not digits.
 -- priority: an AMQP octet, 0 to 255.
+-- Dropped first so that the migration can be applied again (it is
+-- idempotent, as the earlier ones are).
 ALTER TABLE outbox
+    DROP CONSTRAINT IF EXISTS outbox_type_shortstr,
+    DROP CONSTRAINT IF EXISTS outbox_correlation_id_shortstr,
+    DROP CONSTRAINT IF EXISTS outbox_reply_to_shortstr,
+    DROP CONSTRAINT IF EXISTS outbox_app_id_shortstr,
+    DROP CONSTRAINT IF EXISTS outbox_expiration_ms,
+    DROP CONSTRAINT IF EXISTS outbox_priority_range,
     ADD CONSTRAINT outbox_type_shortstr CHECK (type IS NULL
         OR (octet_length(type) <= 255 AND type !~ '[\x01-\x1f\x7f]')) NOT VALID,
     ADD CONSTRAINT outbox_correlation_id_shortstr CHECK (correlation_id IS NULL
