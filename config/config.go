@@ -422,11 +422,35 @@ func (c Config) Secrets() []string {
 func (c Config) NewLogger(w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.LogLevel)) // validated by Load; "" is info
-	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: redact.ReplaceAttr(c.Secrets())}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: replaceAttr(redact.ReplaceAttr(c.Secrets()))}
 	if c.LogFormat == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// replaceAttr writes durations as text ("4s", "14.624s", "250ms"), where
+// slog's JSON handler would write nanoseconds, then scrubs secrets (scrub
+// may be nil: nothing to hide).
+func replaceAttr(scrub func([]string, slog.Attr) slog.Attr) func([]string, slog.Attr) slog.Attr {
+	return func(groups []string, a slog.Attr) slog.Attr {
+		if a.Value.Kind() == slog.KindDuration {
+			a.Value = slog.StringValue(DurationText(a.Value.Duration()))
+		}
+		if scrub != nil {
+			a = scrub(groups, a)
+		}
+		return a
+	}
+}
+
+// DurationText renders d for people: Go's duration syntax, rounded to the
+// millisecond from a second up and to the microsecond below.
+func DurationText(d time.Duration) string {
+	if d >= time.Second || d <= -time.Second {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Microsecond).String()
 }
 
 // Describe lists each key with its default and help, for `relay help config`.

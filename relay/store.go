@@ -216,7 +216,7 @@ UPDATE outbox o SET
     dead_at      = CASE WHEN f.permanent OR o.attempts + 1 >= $5 THEN now() END
 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bool[]) AS f(id, err, delay_ms, permanent)
 WHERE o.id = f.id
-RETURNING o.dead_at IS NOT NULL`
+RETURNING o.id, o.dead_at IS NOT NULL`
 
 // markSuspected flags rows that were in flight, unconfirmed, when the
 // broker connection died under a batch: any of them may have killed it.
@@ -347,8 +347,9 @@ type failure struct {
 	permanent bool // dead at once: the row can never be published
 }
 
-// mark records the batch's outcomes and reports how many rows went dead.
-func mark(ctx context.Context, tx pgx.Tx, published []int64, failed []failure, suspected []int64, maxAttempts int) (int, error) {
+// mark records the batch's outcomes and returns the ids of the rows that
+// went dead.
+func mark(ctx context.Context, tx pgx.Tx, published []int64, failed []failure, suspected []int64, maxAttempts int) ([]int64, error) {
 	b := &pgx.Batch{}
 	if len(published) > 0 {
 		b.Queue(markPublished, published)
@@ -356,7 +357,7 @@ func mark(ctx context.Context, tx pgx.Tx, published []int64, failed []failure, s
 	if len(suspected) > 0 {
 		b.Queue(markSuspected, suspected)
 	}
-	dead := 0
+	var dead []int64
 	if len(failed) > 0 {
 		ids := make([]int64, len(failed))
 		errs := make([]string, len(failed))
@@ -367,22 +368,23 @@ func mark(ctx context.Context, tx pgx.Tx, published []int64, failed []failure, s
 		}
 		b.Queue(markFailed, ids, errs, delays, perm, maxAttempts).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
+				var id int64
 				var isDead bool
-				if err := rows.Scan(&isDead); err != nil {
+				if err := rows.Scan(&id, &isDead); err != nil {
 					return err
 				}
 				if isDead {
-					dead++
+					dead = append(dead, id)
 				}
 			}
 			return rows.Err()
 		})
 	}
 	if b.Len() == 0 {
-		return 0, nil
+		return nil, nil
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return 0, fmt.Errorf("mark: %w", err)
+		return nil, fmt.Errorf("mark: %w", err)
 	}
 	return dead, nil
 }

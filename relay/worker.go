@@ -258,15 +258,18 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 	w.r.m.batches.Inc()
 	w.r.m.batchSeconds.Observe(now.Sub(start).Seconds())
 	w.r.m.published.Add(float64(len(published)))
-	w.r.m.dead.Add(float64(dead))
+	w.r.m.dead.Add(float64(len(dead)))
+	w.r.progress.published.Add(int64(len(published)))
+	w.r.progress.failed.Add(int64(len(failures)))
 	w.r.m.suspected.Add(float64(len(suspected)))
 	for i, o := range outs {
 		if o.state == stateOK {
 			w.r.m.latency.Observe(now.Sub(rows[i].createdAt).Seconds())
 		}
 	}
-	if dead > 0 {
-		w.log.Error("rows parked as dead", "count", dead)
+	if len(dead) > 0 {
+		slices.Sort(dead)
+		w.log.Error("rows parked as dead", "count", len(dead), "ids", dead)
 	}
 	if len(suspected) > 0 {
 		w.log.Warn("broker connection died with rows in flight; they will be published alone",
