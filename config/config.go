@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/agnivade/levenshtein"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
@@ -141,14 +142,62 @@ var keys = []key{
 
 // Flags returns a flag set with one string flag per key (batch_size becomes
 // --batch-size) plus --config. Flags are strings so that every source is
-// parsed and reported the same way.
-func Flags(name string) *pflag.FlagSet {
+// parsed and reported the same way. With only, it holds the flags of those
+// keys alone (a command's own), so that its --help lists what it reads;
+// the other keys can still be set in the file or the environment.
+func Flags(name string, only ...string) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.String("config", "", "YAML configuration file")
 	for _, k := range keys {
+		if len(only) > 0 && !slices.Contains(only, k.name) {
+			continue
+		}
 		fs.String(flagName(k.name), "", fmt.Sprintf("%s (env RELAY_%s, default %q)", k.help, strings.ToUpper(k.name), k.def))
 	}
 	return fs
+}
+
+// testPrefix marks the variables of the project's own test suite
+// (RELAY_TEST_DATABASE_URL, ...), which UnknownEnv leaves alone.
+const testPrefix = "RELAY_TEST_"
+
+// UnknownEnv lists the RELAY_* variables of environ that name no
+// configuration key, sorted, each with the closest key's variable (by edit
+// distance, compared without underscores so that RELAY_BATCHSIZE finds
+// RELAY_BATCH_SIZE), or "" when none is close. Load ignores such a
+// variable; the binary warns about it. Variables starting with RELAY_TEST_
+// belong to the project's test suite and are not listed.
+func UnknownEnv(environ []string) [][2]string {
+	var out [][2]string
+	for _, kv := range environ {
+		name, _, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, "RELAY_") || strings.HasPrefix(name, testPrefix) {
+			continue
+		}
+		key := strings.ToLower(strings.TrimPrefix(name, "RELAY_"))
+		if known(key) {
+			continue
+		}
+		out = append(out, [2]string{name, closest(key)})
+	}
+	slices.SortFunc(out, func(a, b [2]string) int { return strings.Compare(a[0], b[0]) })
+	return out
+}
+
+// closest returns the variable of the key nearest to key, or "" when even
+// the nearest needs more edits than a third of its length.
+func closest(key string) string {
+	squash := func(s string) string { return strings.ReplaceAll(s, "_", "") }
+	best, bestDist := "", math.MaxInt
+	for _, k := range keys {
+		if d := levenshtein.ComputeDistance(squash(key), squash(k.name)); d < bestDist {
+			best, bestDist = k.name, d
+		}
+	}
+	if bestDist > max(1, len(squash(best))/3) {
+		return ""
+	}
+	return "RELAY_" + strings.ToUpper(best)
 }
 
 func flagName(k string) string { return strings.ReplaceAll(k, "_", "-") }
@@ -400,11 +449,35 @@ func (c Config) Secrets() []string {
 func (c Config) NewLogger(w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.LogLevel)) // validated by Load; "" is info
-	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: redact.ReplaceAttr(c.Secrets())}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: replaceAttr(redact.ReplaceAttr(c.Secrets()))}
 	if c.LogFormat == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// replaceAttr writes durations as text ("4s", "14.624s", "250ms"), where
+// slog's JSON handler would write nanoseconds, then scrubs secrets (scrub
+// may be nil: nothing to hide).
+func replaceAttr(scrub func([]string, slog.Attr) slog.Attr) func([]string, slog.Attr) slog.Attr {
+	return func(groups []string, a slog.Attr) slog.Attr {
+		if a.Value.Kind() == slog.KindDuration {
+			a.Value = slog.StringValue(DurationText(a.Value.Duration()))
+		}
+		if scrub != nil {
+			a = scrub(groups, a)
+		}
+		return a
+	}
+}
+
+// DurationText renders d for people: Go's duration syntax, rounded to the
+// millisecond from a second up and to the microsecond below.
+func DurationText(d time.Duration) string {
+	if d >= time.Second || d <= -time.Second {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Microsecond).String()
 }
 
 // Describe lists each key with its default and help, for `relay help config`.

@@ -307,3 +307,36 @@ func yamlQuote(s string) string {
 	b.WriteByte('"')
 	return b.String()
 }
+
+// Durations are text in both formats, never nanoseconds, with or without
+// secrets to scrub.
+func TestLoggerWritesDurationsAsText(t *testing.T) {
+	t.Parallel()
+	for _, format := range []string{"json", "text"} {
+		c, err := Load(nil, []string{"RELAY_LOG_FORMAT=" + format})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf strings.Builder
+		c.NewLogger(&buf).Warn("batch abandoned", "retry_in", 14624130426*time.Nanosecond, "wait", 1500*time.Microsecond)
+		out := buf.String()
+		want := `"retry_in":"14.624s"`
+		if format == "text" {
+			want = "retry_in=14.624s"
+		}
+		if !strings.Contains(out, want) || !strings.Contains(out, "1.5ms") || strings.Contains(out, "14624130426") {
+			t.Errorf("%s log line %s: want %s and 1.5ms", format, out, want)
+		}
+	}
+}
+
+func TestUnknownEnvNamesTheClosestKey(t *testing.T) {
+	t.Parallel()
+	got := UnknownEnv([]string{"RELAY_BATCHSIZE=lots", "RELAY_WORKERS=2", "RELAY_DATABSE_URL=x", "RELAY_FOO=1",
+		"RELAY_TEST_DATABASE_URL=x", "OTHER=1", "RELAY_LOGLEVEL=debug"})
+	want := [][2]string{{"RELAY_BATCHSIZE", "RELAY_BATCH_SIZE"}, {"RELAY_DATABSE_URL", "RELAY_DATABASE_URL"},
+		{"RELAY_FOO", ""}, {"RELAY_LOGLEVEL", "RELAY_LOG_LEVEL"}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("UnknownEnv = %v, want %v", got, want)
+	}
+}

@@ -21,11 +21,16 @@ type Execer interface {
 // parallel arrays with unnest. Columns left NULL fall back to the defaults
 // the table would have given. %s is the table (Table.name).
 const insertMany = `
-INSERT INTO %s (message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at)
+INSERT INTO %s (message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at,
+                type, correlation_id, reply_to, expiration, priority, app_id)
 SELECT m.message_id, m.exchange, m.routing_key, m.payload, m.content_type, m.headers, m.ordering_key,
-       coalesce(m.available_at, now())
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::jsonb[], $7::text[], $8::timestamptz[])
-    AS m(message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at)`
+       coalesce(m.available_at, now()),
+       nullif(m.type, ''), nullif(m.correlation_id, ''), nullif(m.reply_to, ''), nullif(m.expiration, ''),
+       nullif(m.priority, 0), nullif(m.app_id, '')
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::jsonb[], $7::text[], $8::timestamptz[],
+            $9::text[], $10::text[], $11::text[], $12::text[], $13::smallint[], $14::text[])
+    AS m(message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at,
+         type, correlation_id, reply_to, expiration, priority, app_id)`
 
 // Table is the outbox table of one schema. The zero Table is the outbox
 // found through the connection's search_path, as the package-level
@@ -71,6 +76,7 @@ func (t Table) Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]strin
 		headers      = make([]string, len(msgs))
 		orderingKeys = make([]*string, len(msgs))
 		availableAts = make([]*time.Time, len(msgs))
+		props        = newPropColumns(len(msgs))
 	)
 	rows := make([]row, len(msgs))
 	for i := range msgs {
@@ -92,8 +98,10 @@ func (t Table) Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]strin
 	for i, r := range rows {
 		msgIDs[i], exchanges[i], routingKeys[i], payloads[i] = r.messageID, r.exchange, r.routingKey, r.payload
 		contentTypes[i], headers[i], orderingKeys[i], availableAts[i] = r.contentType, string(r.headers), r.orderingKey, r.availableAt
+		props.set(i, r.props)
 	}
-	tag, err := tx.Exec(ctx, fmt.Sprintf(insertMany, t.name()), msgIDs, exchanges, routingKeys, payloads, contentTypes, headers, orderingKeys, availableAts)
+	tag, err := tx.Exec(ctx, fmt.Sprintf(insertMany, t.name()), msgIDs, exchanges, routingKeys, payloads, contentTypes, headers, orderingKeys, availableAts,
+		props.typ, props.correlationID, props.replyTo, props.expiration, props.priority, props.appID)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: enqueue: %w", err)
 	}
@@ -108,4 +116,21 @@ func keyOf(r row) string {
 		return ""
 	}
 	return *r.orderingKey
+}
+
+// propColumns are the optional AMQP properties of a batch of rows, one
+// array per column, for insertMany.
+type propColumns struct {
+	typ, correlationID, replyTo, expiration, appID []string
+	priority                                       []int16
+}
+
+func newPropColumns(n int) propColumns {
+	return propColumns{typ: make([]string, n), correlationID: make([]string, n), replyTo: make([]string, n),
+		expiration: make([]string, n), appID: make([]string, n), priority: make([]int16, n)}
+}
+
+func (c propColumns) set(i int, p AMQPProperties) {
+	c.typ[i], c.correlationID[i], c.replyTo[i], c.expiration[i], c.appID[i] = p.Type, p.CorrelationID, p.ReplyTo, p.Expiration, p.AppID
+	c.priority[i] = int16(p.Priority)
 }

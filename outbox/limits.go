@@ -130,16 +130,28 @@ func checkShortString(field, v string) error {
 // AMQP mapping: longstr 'S', int64 'l', double 'd', boolean 't', void 'V',
 // table 'F', array 'A'. Errors are *LimitError.
 func DecodeHeaders(raw []byte, frameMax int) (map[string]any, error) {
+	return DecodeRowHeaders(raw, frameMax, AMQPProperties{})
+}
+
+// DecodeRowHeaders is DecodeHeaders for a row that also sends the optional
+// properties p: the header table's budget shrinks by what they take in the
+// content header frame.
+func DecodeRowHeaders(raw []byte, frameMax int, p AMQPProperties) (map[string]any, error) {
 	obj, size, biggest, err := decodeTree(raw)
 	if err != nil || obj == nil {
 		return nil, err
 	}
-	if budget := HeaderTableBudget(frameMax); size > budget {
+	extra := p.encodedSize()
+	if budget := HeaderTableBudget(frameMax) - extra; size > budget {
 		if frameMax <= 0 {
 			frameMax = DefaultFrameMax
 		}
-		return nil, limitErr("headers", "size", "%q makes the header table %s bytes, over the %s-byte budget for frame_max %s",
-			biggest, grouped(size), grouped(budget), grouped(frameMax))
+		with := ""
+		if extra > 0 {
+			with = fmt.Sprintf(" with this row's AMQP properties (%s bytes)", grouped(extra))
+		}
+		return nil, limitErr("headers", "size", "%q makes the header table %s bytes, over the %s-byte budget for frame_max %s%s",
+			biggest, grouped(size), grouped(budget), grouped(frameMax), with)
 	}
 	return obj, nil
 }

@@ -37,6 +37,22 @@ type Message struct {
 	OrderingKey string
 	// AvailableAt delays publishing; zero means now.
 	AvailableAt time.Time
+
+	// Optional AMQP properties; an empty string or a zero Priority is not
+	// sent. See AMQPProperties for each one, and CheckAMQPProperties for
+	// their limits.
+	Type          string
+	CorrelationID string
+	ReplyTo       string
+	Expiration    string // per-message TTL in milliseconds, as digits: "60000"
+	Priority      uint8
+	AppID         string
+}
+
+// Properties returns m's optional AMQP properties.
+func (m *Message) Properties() AMQPProperties {
+	return AMQPProperties{Type: m.Type, CorrelationID: m.CorrelationID, ReplyTo: m.ReplyTo,
+		Expiration: m.Expiration, Priority: m.Priority, AppID: m.AppID}
 }
 
 // ErrInvalidMessage is wrapped by every validation error, so callers can
@@ -68,6 +84,10 @@ func (m *Message) check() ([]byte, error) {
 	if err := CheckProperties(m.Exchange, m.RoutingKey, contentType); err != nil {
 		return nil, fmt.Errorf("outbox: %w: %w", ErrInvalidMessage, err)
 	}
+	props := m.Properties()
+	if err := CheckAMQPProperties(props); err != nil {
+		return nil, fmt.Errorf("outbox: %w: %w", ErrInvalidMessage, err)
+	}
 	if m.MessageID != "" {
 		if _, err := uuid.Parse(m.MessageID); err != nil {
 			return nil, invalid("message id %q is not a UUID", m.MessageID)
@@ -83,7 +103,7 @@ func (m *Message) check() ([]byte, error) {
 	if hasEscapedNUL(b) {
 		return nil, invalid("headers: contain U+0000, which jsonb cannot store")
 	}
-	if _, err := DecodeHeaders(b, DefaultFrameMax); err != nil {
+	if _, err := DecodeRowHeaders(b, DefaultFrameMax, props); err != nil {
 		return nil, fmt.Errorf("outbox: %w: %w", ErrInvalidMessage, err)
 	}
 	return b, nil
@@ -103,6 +123,7 @@ type row struct {
 	headers     []byte
 	orderingKey *string
 	availableAt *time.Time
+	props       AMQPProperties
 }
 
 func (m *Message) row() (row, error) {
@@ -117,6 +138,7 @@ func (m *Message) row() (row, error) {
 		payload:     m.Payload,
 		contentType: m.ContentType,
 		headers:     headers,
+		props:       m.Properties(),
 	}
 	if r.messageID == "" {
 		r.messageID = uuid.NewString()

@@ -139,15 +139,17 @@ func ListDead(ctx context.Context, db DB, limit int) ([]DeadRow, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list dead: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (DeadRow, error) {
-		var d DeadRow
-		err := r.Scan(&d.ID, &d.MessageID, &d.Exchange, &d.RoutingKey, &d.Attempts, &d.LastError, &d.CreatedAt, &d.DeadAt)
-		return d, err
-	})
+	out, err := pgx.CollectRows(rows, scanDead)
 	if err != nil {
 		return nil, fmt.Errorf("list dead: %w", err)
 	}
 	return out, nil
+}
+
+func scanDead(r pgx.CollectableRow) (DeadRow, error) {
+	var d DeadRow
+	err := r.Scan(&d.ID, &d.MessageID, &d.Exchange, &d.RoutingKey, &d.Attempts, &d.LastError, &d.CreatedAt, &d.DeadAt)
+	return d, err
 }
 
 // requeue gives dead rows a fresh set of attempts, due now. last_error is

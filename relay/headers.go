@@ -17,7 +17,11 @@ func decodeHeaders(raw []byte) (amqp.Table, error) {
 }
 
 func headersTable(raw []byte, frameMax int) (amqp.Table, error) {
-	obj, err := outbox.DecodeHeaders(raw, frameMax)
+	return rowHeadersTable(raw, frameMax, outbox.AMQPProperties{})
+}
+
+func rowHeadersTable(raw []byte, frameMax int, props outbox.AMQPProperties) (amqp.Table, error) {
+	obj, err := outbox.DecodeRowHeaders(raw, frameMax, props)
 	if err != nil || obj == nil {
 		return nil, err
 	}

@@ -54,7 +54,8 @@ func poisonReason(err error) string {
 // when maxPayload <= 0); the headers (the raw jsonb text) as
 // outbox.DecodeHeaders with the budget of frameMax, the frame_max the
 // connection negotiated (amqp.Connection.Config.FrameSize; <= 0 means the
-// default 131,072). payloadLen is the payload's length, so the claim need
+// default 131,072), less what the row's optional AMQP properties props
+// take (they are checked as outbox.CheckAMQPProperties). payloadLen is the payload's length, so the claim need
 // not load a payload it is about to refuse (octet_length in the query).
 //
 // A non-nil error is permanent: it wraps errPoison, its text names the
@@ -62,14 +63,17 @@ func poisonReason(err error) string {
 // bytes, over the 129,724-byte budget for frame_max 131,072"), and
 // poisonReason(err) is its metrics label. Limit violations other than the
 // payload also wrap an *outbox.LimitError.
-func checkRow(exchange, routingKey, contentType string, headers []byte, payloadLen, maxPayload, frameMax int) (amqp.Table, error) {
+func checkRow(exchange, routingKey, contentType string, headers []byte, payloadLen, maxPayload, frameMax int, props outbox.AMQPProperties) (amqp.Table, error) {
 	if err := outbox.CheckProperties(exchange, routingKey, contentType); err != nil {
+		return nil, &poisonError{reasonBadProperty, err}
+	}
+	if err := outbox.CheckAMQPProperties(props); err != nil {
 		return nil, &poisonError{reasonBadProperty, err}
 	}
 	if maxPayload > 0 && payloadLen > maxPayload {
 		return nil, &poisonError{reasonTooLarge, fmt.Errorf("payload is %d bytes, over max_payload_bytes %d", payloadLen, maxPayload)}
 	}
-	t, err := headersTable(headers, frameMax)
+	t, err := rowHeadersTable(headers, frameMax, props)
 	if err != nil {
 		var le *outbox.LimitError
 		if errors.As(err, &le) && le.Limit == "size" {
@@ -78,4 +82,16 @@ func checkRow(exchange, routingKey, contentType string, headers []byte, payloadL
 		return nil, &poisonError{reasonBadHeaders, err}
 	}
 	return t, nil
+}
+
+// amqpProperties checks the priority a row's smallint column holds (an
+// AMQP octet: 0-255; the table's constraint says the same) and returns the
+// row's optional properties for checkRow and the publishing.
+func (p rowProps) amqpProperties() (outbox.AMQPProperties, error) {
+	if p.priority < 0 || p.priority > 255 {
+		return outbox.AMQPProperties{}, &poisonError{reasonBadProperty,
+			&outbox.LimitError{Field: "priority", Limit: "range"}}
+	}
+	return outbox.AMQPProperties{Type: p.typ, CorrelationID: p.correlationID, ReplyTo: p.replyTo,
+		Expiration: p.expiration, Priority: uint8(p.priority), AppID: p.appID}, nil
 }

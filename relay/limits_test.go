@@ -57,7 +57,7 @@ func TestRowLimits(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			r := tc.row
-			tab, err := checkRow(r.exchange, r.routingKey, r.contentType, []byte(r.headers), r.payloadLen, maxPayload, r.frameMax)
+			tab, err := checkRow(r.exchange, r.routingKey, r.contentType, []byte(r.headers), r.payloadLen, maxPayload, r.frameMax, outbox.AMQPProperties{})
 			if tc.reason == "" {
 				if err != nil || tab == nil {
 					t.Fatalf("checkRow: %v, %v; want a table", tab, err)
@@ -72,7 +72,7 @@ func TestRowLimits(t *testing.T) {
 	if poisonReason(errors.New("other")) != "" {
 		t.Error("poisonReason of a plain error")
 	}
-	if _, err := checkRow("", "k", "", []byte(`{"a":[1]}`), 1, 0, 0); err != nil {
+	if _, err := checkRow("", "k", "", []byte(`{"a":[1]}`), 1, 0, 0, outbox.AMQPProperties{}); err != nil {
 		t.Errorf("no payload limit: %v", err)
 	}
 }
@@ -84,18 +84,18 @@ func TestRowLimitsFitNegotiatedFrame(t *testing.T) {
 	t.Parallel()
 	for _, frameMax := range []int{4096, 65536, outbox.DefaultFrameMax} {
 		raw := []byte(`{"h":"` + strings.Repeat("v", outbox.HeaderTableBudget(frameMax)-11) + `"}`)
-		tab, err := checkRow("ex", "k", strings.Repeat("c", 255), raw, 2, 0, frameMax)
+		tab, err := checkRow("ex", "k", strings.Repeat("c", 255), raw, 2, 0, frameMax, outbox.AMQPProperties{})
 		if err != nil {
 			t.Fatalf("frame_max %d: %v", frameMax, err)
 		}
 		checkRoundTrip(t, newLoopback(t, frameMax), tab, frameMax)
-		if _, err := checkRow("ex", "k", "c", append(raw[:len(raw)-2:len(raw)-2], `v"}`...), 2, 0, frameMax); poisonReason(err) != reasonTooLarge {
+		if _, err := checkRow("ex", "k", "c", append(raw[:len(raw)-2:len(raw)-2], `v"}`...), 2, 0, frameMax, outbox.AMQPProperties{}); poisonReason(err) != reasonTooLarge {
 			t.Fatalf("frame_max %d: one byte over the budget: %v", frameMax, err)
 		}
 	}
 	// What the loopback reads back is the relay's mapping: int64 and
 	// float64 numbers, nested tables.
-	tab, err := checkRow("", "k", "", []byte(`{"n":1,"f":1.5,"o":{"a":[true,null]}}`), 0, 0, 0)
+	tab, err := checkRow("", "k", "", []byte(`{"n":1,"f":1.5,"o":{"a":[true,null]}}`), 0, 0, 0, outbox.AMQPProperties{})
 	if err != nil {
 		t.Fatal(err)
 	}

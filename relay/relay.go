@@ -196,6 +196,7 @@ type Relay struct {
 	// publishMu lets workers publish together (read lock), or one alone
 	// (write lock) when its batch holds a suspected row.
 	publishMu sync.RWMutex
+	progress  progress
 }
 
 // New builds a Relay over pool, which must reach the database whose
@@ -283,7 +284,7 @@ func (r *Relay) Run(parent context.Context) error {
 			w.run(ctx, hard)
 		}()
 	}
-	r.log.Info("relay started", "workers", r.cfg.Workers, "batch_size", r.cfg.BatchSize)
+	r.log.Info("relay started", append(r.databaseAttrs(ctx), "workers", r.cfg.Workers, "batch_size", r.cfg.BatchSize)...)
 	wg.Wait()
 	cancelHard()
 	<-brokerDone
@@ -321,6 +322,7 @@ func (r *Relay) stats(ctx context.Context) {
 		st, err := ReadStatus(qctx, r.pool)
 		cancel()
 		if err == nil {
+			r.logProgress(st)
 			r.m.pendingRows.Set(float64(st.Pending))
 			r.m.dueRows.Set(float64(st.Due))
 			r.m.deadRows.Set(float64(st.Dead))

@@ -133,7 +133,8 @@ keyed AS (
     SELECT r.* FROM keys CROSS JOIN LATERAL (
         SELECT o.id, keys.head, o.dead_at IS NULL AND o.available_at <= now() AS ok,
                o.message_id, o.exchange, o.routing_key, o.payload, o.content_type, o.headers,
-               o.created_at, o.attempts, o.ordering_key, o.suspected
+               o.created_at, o.attempts, o.ordering_key, o.suspected,
+               o.type, o.correlation_id, o.reply_to, o.expiration, o.priority, o.app_id
         FROM outbox o
         WHERE o.ordering_key >= keys.k AND o.ordering_key <= keys.k AND o.published_at IS NULL
           AND (o.dead_at IS NULL OR $3) AND o.id >= keys.head
@@ -144,7 +145,8 @@ keyed AS (
 unkeyed AS (
     SELECT o.id, 0::bigint AS head, true AS ok,
            o.message_id, o.exchange, o.routing_key, o.payload, o.content_type, o.headers,
-           o.created_at, o.attempts, o.ordering_key, o.suspected
+           o.created_at, o.attempts, o.ordering_key, o.suspected,
+           o.type, o.correlation_id, o.reply_to, o.expiration, o.priority, o.app_id
     FROM outbox o
     WHERE o.ordering_key IS NULL AND o.published_at IS NULL AND o.dead_at IS NULL
       AND o.available_at <= now() AND o.id >= $5
@@ -158,7 +160,9 @@ claimed AS (
 SELECT c.id, c.head, c.ok, c.message_id::text, c.exchange, c.routing_key,
        CASE WHEN octet_length(c.payload) <= least($7::bigint, $8::bigint / $6) THEN c.payload END,
        octet_length(c.payload), c.content_type, c.headers, c.created_at, c.attempts,
-       coalesce(c.ordering_key, ''), c.suspected
+       coalesce(c.ordering_key, ''), c.suspected,
+       coalesce(c.type, ''), coalesce(c.correlation_id, ''), coalesce(c.reply_to, ''),
+       coalesce(c.expiration, ''), coalesce(c.priority, 0), coalesce(c.app_id, '')
 FROM claimed c
 ORDER BY c.id`
 
@@ -172,7 +176,9 @@ ORDER BY c.id`
 const claimUnkeyed = `
 SELECT o.id, 0::bigint, true, o.message_id::text, o.exchange, o.routing_key,
        CASE WHEN octet_length(o.payload) <= least($3::bigint, $4::bigint / $1) THEN o.payload END,
-       octet_length(o.payload), o.content_type, o.headers, o.created_at, o.attempts, '', o.suspected
+       octet_length(o.payload), o.content_type, o.headers, o.created_at, o.attempts, '', o.suspected,
+       coalesce(o.type, ''), coalesce(o.correlation_id, ''), coalesce(o.reply_to, ''),
+       coalesce(o.expiration, ''), coalesce(o.priority, 0), coalesce(o.app_id, '')
 FROM outbox o
 WHERE o.ordering_key IS NULL AND o.published_at IS NULL AND o.dead_at IS NULL
   AND o.available_at <= now() AND o.id >= $2
@@ -210,7 +216,7 @@ UPDATE outbox o SET
     dead_at      = CASE WHEN f.permanent OR o.attempts + 1 >= $5 THEN now() END
 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bool[]) AS f(id, err, delay_ms, permanent)
 WHERE o.id = f.id
-RETURNING o.dead_at IS NOT NULL`
+RETURNING o.id, o.dead_at IS NOT NULL`
 
 // markSuspected flags rows that were in flight, unconfirmed, when the
 // broker connection died under a batch: any of them may have killed it.
@@ -232,6 +238,15 @@ type claimed struct {
 	attempts    int
 	key         string // ordering key, "" without one
 	suspected   bool
+	props       rowProps
+}
+
+// rowProps are a row's optional AMQP properties as the claim reads them:
+// NULL as "" and 0, priority as the smallint column holds it (the relay
+// checks its range before it narrows it to an octet).
+type rowProps struct {
+	typ, correlationID, replyTo, expiration, appID string
+	priority                                       int16
 }
 
 // claimArgs are claimBatch's parameters.
@@ -259,7 +274,8 @@ func claim(ctx context.Context, tx pgx.Tx, a claimArgs) (out []claimed, keys boo
 		out, cerr = pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
 			var c claimed
 			err := row.Scan(&c.id, &c.head, &c.ok, &c.messageID, &c.exchange, &c.routingKey, &c.payload, &c.size,
-				&c.contentType, &c.headers, &c.createdAt, &c.attempts, &c.key, &c.suspected)
+				&c.contentType, &c.headers, &c.createdAt, &c.attempts, &c.key, &c.suspected,
+				&c.props.typ, &c.props.correlationID, &c.props.replyTo, &c.props.expiration, &c.props.priority, &c.props.appID)
 			return c, err
 		})
 		return cerr
@@ -331,8 +347,9 @@ type failure struct {
 	permanent bool // dead at once: the row can never be published
 }
 
-// mark records the batch's outcomes and reports how many rows went dead.
-func mark(ctx context.Context, tx pgx.Tx, published []int64, failed []failure, suspected []int64, maxAttempts int) (int, error) {
+// mark records the batch's outcomes and returns the ids of the rows that
+// went dead.
+func mark(ctx context.Context, tx pgx.Tx, published []int64, failed []failure, suspected []int64, maxAttempts int) ([]int64, error) {
 	b := &pgx.Batch{}
 	if len(published) > 0 {
 		b.Queue(markPublished, published)
@@ -340,7 +357,7 @@ func mark(ctx context.Context, tx pgx.Tx, published []int64, failed []failure, s
 	if len(suspected) > 0 {
 		b.Queue(markSuspected, suspected)
 	}
-	dead := 0
+	var dead []int64
 	if len(failed) > 0 {
 		ids := make([]int64, len(failed))
 		errs := make([]string, len(failed))
@@ -351,22 +368,23 @@ func mark(ctx context.Context, tx pgx.Tx, published []int64, failed []failure, s
 		}
 		b.Queue(markFailed, ids, errs, delays, perm, maxAttempts).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
+				var id int64
 				var isDead bool
-				if err := rows.Scan(&isDead); err != nil {
+				if err := rows.Scan(&id, &isDead); err != nil {
 					return err
 				}
 				if isDead {
-					dead++
+					dead = append(dead, id)
 				}
 			}
 			return rows.Err()
 		})
 	}
 	if b.Len() == 0 {
-		return 0, nil
+		return nil, nil
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return 0, fmt.Errorf("mark: %w", err)
+		return nil, fmt.Errorf("mark: %w", err)
 	}
 	return dead, nil
 }

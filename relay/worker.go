@@ -17,6 +17,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxrelay/outboxrelay/internal/backoff"
+	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
 // worker runs claim -> publish -> mark -> commit loops on its own AMQP
@@ -282,20 +283,23 @@ func (w *worker) settle(rows []claimed, outs []outcome) marks {
 }
 
 // report counts and logs a committed batch and tells OnBatch.
-func (w *worker) report(start time.Time, rows []claimed, outs []outcome, m marks, dead int) {
+func (w *worker) report(start time.Time, rows []claimed, outs []outcome, m marks, dead []int64) {
 	now := time.Now()
 	w.r.m.batches.Inc()
 	w.r.m.batchSeconds.Observe(now.Sub(start).Seconds())
 	w.r.m.published.Add(float64(len(m.published)))
-	w.r.m.dead.Add(float64(dead))
+	w.r.m.dead.Add(float64(len(dead)))
+	w.r.progress.published.Add(int64(len(m.published)))
+	w.r.progress.failed.Add(int64(len(m.failures)))
 	w.r.m.suspected.Add(float64(len(m.suspected)))
 	for i, o := range outs {
 		if o.state == stateOK {
 			w.r.m.latency.Observe(now.Sub(rows[i].createdAt).Seconds())
 		}
 	}
-	if dead > 0 {
-		w.log.Error("rows parked as dead", "count", dead)
+	if len(dead) > 0 {
+		slices.Sort(dead)
+		w.log.Error("rows parked as dead", "count", len(dead), "ids", dead)
 	}
 	if len(m.suspected) > 0 {
 		w.log.Warn("broker connection died with rows in flight; they will be published alone",
@@ -394,7 +398,7 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 // (errConnectionLost, the row's outcome set).
 func (w *worker) prepare(ctx context.Context, rows []claimed, i, frameMax int, msgs []amqp.Publishing, outs []outcome) (bool, error) {
 	row := &rows[i]
-	headers, err := w.checkRow(row, frameMax)
+	headers, props, err := w.checkRow(row, frameMax)
 	if err != nil {
 		outs[i] = outcome{state: stateFailed, reason: poisonReason(err), msg: err.Error(), permanent: true}
 		return false, nil
@@ -420,25 +424,37 @@ func (w *worker) prepare(ctx context.Context, rows []claimed, i, frameMax int, m
 		return false, nil
 	}
 	msgs[i] = amqp.Publishing{
-		Headers:      headers,
-		ContentType:  row.contentType,
-		DeliveryMode: amqp.Persistent,
-		MessageId:    row.messageID,
-		Timestamp:    row.createdAt,
-		Body:         row.payload,
+		Headers:       headers,
+		ContentType:   row.contentType,
+		DeliveryMode:  amqp.Persistent,
+		MessageId:     row.messageID,
+		Timestamp:     row.createdAt,
+		Body:          row.payload,
+		Type:          props.Type,
+		CorrelationId: props.CorrelationID,
+		ReplyTo:       props.ReplyTo,
+		Expiration:    props.Expiration,
+		Priority:      props.Priority,
+		AppId:         props.AppID,
 	}
 	return true, nil
 }
 
 // checkRow refuses, before it goes on the wire, a row AMQP or the broker
 // could never carry (see checkRow in limits.go).
-func (w *worker) checkRow(row *claimed, frameMax int) (amqp.Table, error) {
+func (w *worker) checkRow(row *claimed, frameMax int) (amqp.Table, outbox.AMQPProperties, error) {
+	props, err := row.props.amqpProperties()
+	if err != nil {
+		return nil, props, err
+	}
 	if w.r.cfg.skipRowChecks {
 		// Tests only: let a row the broker will refuse through, to prove
 		// the second line of defence (suspects published alone).
-		return headersTable(row.headers, math.MaxInt32)
+		t, err := headersTable(row.headers, math.MaxInt32)
+		return t, props, err
 	}
-	return checkRow(row.exchange, row.routingKey, row.contentType, row.headers, row.size, w.r.cfg.MaxPayloadBytes, frameMax)
+	t, err := checkRow(row.exchange, row.routingKey, row.contentType, row.headers, row.size, w.r.cfg.MaxPayloadBytes, frameMax, props)
+	return t, props, err
 }
 
 // holdKey stops the rest of row's key in this batch: a later row must not

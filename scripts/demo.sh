@@ -124,6 +124,10 @@ export PGCLIENTENCODING=UTF8
 step "Applying migrations: bin/relay migrate"
 "$RELAY_BIN" migrate
 
+step "Creating the application's table 'orders' (the README's samples write to it)"
+echo "CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, total_cents bigint NOT NULL)"
+sql 'CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, total_cents bigint NOT NULL)' >/dev/null
+
 step "Declaring durable quorum queue '$QUEUE' (management API)"
 echo "PUT $MGMT/api/queues/%2F/$QUEUE {\"durable\":true,\"arguments\":{\"x-queue-type\":\"quorum\"}}"
 mgmt PUT "/api/queues/%2F/$QUEUE" '{"durable":true,"arguments":{"x-queue-type":"quorum"}}' >/dev/null ||

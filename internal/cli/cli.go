@@ -37,7 +37,14 @@ type command struct {
 	required []string
 	flags    func(fs *pflag.FlagSet) // command-specific flags, beside the configuration keys
 	run      func(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error
+	// keys are the configuration keys the command reads, offered as its
+	// flags (nil: every key); the others are still read from the file
+	// and the environment, and validated.
+	keys []string
 }
+
+// dbKeys are the keys of a command that only talks to the database.
+var dbKeys = []string{config.KeyDatabaseURL, "schema", "log_level", "log_format"}
 
 // env is what a command may touch besides its configuration.
 type env struct {
@@ -70,12 +77,15 @@ func printable(s string) string {
 
 func commands() []command {
 	return []command{
-		{"run", "run the relay until SIGTERM or SIGINT", []string{config.KeyDatabaseURL, config.KeyAMQPURL}, nil, runRelay},
-		{"migrate", "apply the embedded database migrations (safe to repeat) [--print-sql] [--app-role R --relay-role R --consumer-role R] [--print-grants]", nil, migrateFlags, runMigrate},
-		{"status", "pending, due, dead rows and oldest pending age, per exchange [--json]", []string{config.KeyDatabaseURL}, statusFlags, runStatus},
-		{"dead", "list dead rows with their last error [--limit N] [--json]", []string{config.KeyDatabaseURL}, deadFlags, runDead},
-		{"requeue", "move dead rows back to pending: requeue ID... | requeue --all", []string{config.KeyDatabaseURL}, requeueFlags, runRequeue},
-		{"version", "print the version", nil, nil, runVersion},
+		{"run", "run the relay until SIGTERM or SIGINT", []string{config.KeyDatabaseURL, config.KeyAMQPURL}, nil, runRelay, nil},
+		{"migrate", "apply the embedded database migrations (safe to repeat) [--print-sql] [--app-role R --relay-role R --consumer-role R] [--print-grants]", nil, migrateFlags, runMigrate, dbKeys},
+		{"status", "pending, due, dead rows and oldest pending age, per exchange; ordering keys held by a dead row [--json]", []string{config.KeyDatabaseURL}, statusFlags, runStatus,
+			append([]string{"ordering_policy"}, dbKeys...)},
+		{"dead", "list dead rows with their last error [--limit N] [--json]", []string{config.KeyDatabaseURL}, deadFlags, runDead, dbKeys},
+		{"requeue", "move dead rows back to pending: requeue ID... | requeue --all", []string{config.KeyDatabaseURL}, requeueFlags, runRequeue, dbKeys},
+		{"discard", "delete dead rows for good: discard ID...", []string{config.KeyDatabaseURL}, nil, runDiscard, dbKeys},
+		{"retry", "make waiting (pending) rows due now: retry ID...", []string{config.KeyDatabaseURL}, nil, runRetry, dbKeys},
+		{"version", "print the version", nil, nil, runVersion, []string{}},
 	}
 }
 
@@ -100,10 +110,7 @@ func Main(ctx context.Context, args []string, environ []string, stdout, stderr i
 		fmt.Fprintf(stderr, "relay: unknown command %q (try: relay help)\n", args[0])
 		return exitUsage
 	}
-	fs := config.Flags("relay " + cmd.name)
-	if cmd.flags != nil {
-		cmd.flags(fs)
-	}
+	fs := commandFlags(cmd, stdout)
 	fs.SetOutput(stderr)
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -112,12 +119,19 @@ func Main(ctx context.Context, args []string, environ []string, stdout, stderr i
 		fmt.Fprintf(stderr, "relay %s: %v\n", cmd.name, err)
 		return exitUsage
 	}
+	unknown := config.UnknownEnv(environ)
 	cfg, err := config.Load(fs, environ, cmd.required...)
 	if err != nil {
+		warnUnknown(unknown, stderr, nil)
 		fmt.Fprintf(stderr, "relay: %v\n", err)
 		return exitUsage
 	}
 	e := &env{stdout: stdout, stderr: stderr, log: cfg.NewLogger(stderr), secrets: cfg.Secrets()}
+	if cmd.name == "run" {
+		warnUnknown(unknown, stderr, e.log) // stderr holds JSON or text log lines
+	} else {
+		warnUnknown(unknown, stderr, nil)
+	}
 	if err := cmd.run(ctx, e, cfg, fs); err != nil {
 		var ue usageError
 		if errors.As(err, &ue) {
@@ -143,6 +157,48 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nconfiguration (flag --key-name, environment RELAY_KEY_NAME, or YAML file with --config):")
 	for _, k := range config.Describe() {
 		fmt.Fprintf(w, "  %-19s default %-16q %s\n", k[0], k[1], k[2])
+	}
+}
+
+// commandFlags builds cmd's flag set: its configuration keys and its own
+// flags; --help prints them alone, to stdout.
+func commandFlags(cmd *command, stdout io.Writer) *pflag.FlagSet {
+	var fs *pflag.FlagSet
+	if cmd.keys != nil && len(cmd.keys) == 0 {
+		fs = pflag.NewFlagSet("relay "+cmd.name, pflag.ContinueOnError)
+	} else {
+		fs = config.Flags("relay "+cmd.name, cmd.keys...)
+	}
+	if cmd.flags != nil {
+		cmd.flags(fs)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stdout, "usage: relay %s [flags]\n\n%s\n", cmd.name, cmd.summary)
+		if fs.HasFlags() {
+			fmt.Fprintf(stdout, "\nflags:\n%s", fs.FlagUsages())
+		}
+		if cmd.keys != nil && len(cmd.keys) > 0 {
+			fmt.Fprintln(stdout, "\nOther configuration keys are read from --config and RELAY_* variables too (relay help lists them).")
+		}
+	}
+	return fs
+}
+
+// warnUnknown says, for each RELAY_* variable that names no configuration
+// key, that it is ignored, and which variable was probably meant: through
+// log when the command logs (run), otherwise as a line of text.
+func warnUnknown(unknown [][2]string, stderr io.Writer, log *slog.Logger) {
+	for _, u := range unknown {
+		name, guess := printable(u[0]), u[1]
+		if log != nil {
+			log.Warn("unknown environment variable ignored", "name", name, "did_you_mean", guess)
+			continue
+		}
+		hint := ""
+		if guess != "" {
+			hint = " (did you mean " + guess + "?)"
+		}
+		fmt.Fprintf(stderr, "relay: warning: %s is not a configuration variable and is ignored%s\n", name, hint)
 	}
 }
 

@@ -2,10 +2,8 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -64,6 +62,10 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 	if err != nil {
 		return err
 	}
+	blocked, err := relay.ListBlockedKeys(ctx, pool, blockedShown)
+	if err != nil {
+		return err
+	}
 	if asJSON, _ := fs.GetBool("json"); asJSON {
 		out := map[string]any{
 			"pending":                    st.Pending,
@@ -75,15 +77,18 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 			"table_bytes":                st.TableBytes,
 			"table_dead_tuples":          st.DeadTuples,
 		}
-		var list []map[string]any
+		list := []map[string]any{} // [] when empty, never null
 		for _, s := range st.ByExchange {
 			list = append(list, map[string]any{"exchange": s.Exchange, "pending": s.Pending, "due": s.Due,
 				"dead": s.Dead, "oldest_pending_age_seconds": s.OldestPendingAge.Seconds()})
 		}
 		out["by_exchange"] = list
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		keys := []map[string]any{}
+		for _, b := range blocked {
+			keys = append(keys, map[string]any{"ordering_key": b.Key, "dead_id": b.DeadID, "waiting": b.Waiting})
+		}
+		out["blocked"] = keys
+		return writeJSON(e, out)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "exchange\tpending\tdue\tdead\toldest pending")
@@ -99,6 +104,7 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 		held = "their later rows are published past it"
 	}
 	fmt.Fprintf(e.stdout, "\nordering keys with a dead row: %d (ordering_policy %s: %s)\n", st.BlockedKeys, cfg.OrderingPolicy, held)
+	printBlocked(e, blocked, st.BlockedKeys)
 	fmt.Fprintf(e.stdout, "outbox table: %.1f MiB, %d dead tuples\n", float64(st.TableBytes)/(1<<20), st.DeadTuples)
 	return nil
 }
@@ -118,15 +124,7 @@ func runDead(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) 
 		return err
 	}
 	if asJSON, _ := fs.GetBool("json"); asJSON {
-		enc := json.NewEncoder(e.stdout)
-		for _, d := range rows {
-			if err := enc.Encode(map[string]any{"id": d.ID, "message_id": d.MessageID, "exchange": d.Exchange,
-				"routing_key": d.RoutingKey, "attempts": d.Attempts, "last_error": d.LastError,
-				"created_at": d.CreatedAt, "dead_at": d.DeadAt}); err != nil {
-				return err
-			}
-		}
-		return nil
+		return writeJSON(e, deadJSON(rows))
 	}
 	if len(rows) == 0 {
 		fmt.Fprintln(e.stdout, "no dead rows")
@@ -146,13 +144,9 @@ func runDead(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) 
 
 func runRequeue(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
 	all, _ := fs.GetBool("all")
-	var ids []int64
-	for _, a := range fs.Args() {
-		id, err := strconv.ParseInt(a, 10, 64)
-		if err != nil || id < 1 {
-			return usageError{fmt.Sprintf("%q is not a row id", a)}
-		}
-		ids = append(ids, id)
+	ids, err := parseIDs(fs.Args())
+	if err != nil {
+		return err
 	}
 	switch {
 	case all && len(ids) > 0:
@@ -174,17 +168,7 @@ func runRequeue(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSe
 	if refused != nil {
 		return refused
 	}
-	var missing []int64
-	got := map[int64]bool{}
-	for _, id := range done {
-		got[id] = true
-	}
-	for _, id := range ids {
-		if !got[id] {
-			missing = append(missing, id)
-		}
-	}
-	if len(missing) > 0 {
+	if missing := notIn(ids, done); len(missing) > 0 {
 		return fmt.Errorf("not dead or not found, left as they were: %s", joinInts(missing))
 	}
 	return nil
