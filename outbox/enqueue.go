@@ -32,6 +32,16 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::jso
     AS m(message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at,
          type, correlation_id, reply_to, expiration, priority, app_id)`
 
+// insertPlain is insertMany without the AMQP property columns, used when no
+// message sets one: an application can then upgrade this package before
+// `relay migrate` adds those columns (migration 5).
+const insertPlain = `
+INSERT INTO %s (message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at)
+SELECT m.message_id, m.exchange, m.routing_key, m.payload, m.content_type, m.headers, m.ordering_key,
+       coalesce(m.available_at, now())
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::jsonb[], $7::text[], $8::timestamptz[])
+    AS m(message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at)`
+
 // Table is the outbox table of one schema. The zero Table is the outbox
 // found through the connection's search_path, as the package-level
 // Enqueue uses; set Schema when the relay's tables live in a schema of
@@ -95,13 +105,20 @@ func (t Table) Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]strin
 	// locks in the same order, so two concurrent ones cannot deadlock; the
 	// sort is stable, so each key keeps the caller's order.
 	sort.SliceStable(rows, func(i, j int) bool { return keyOf(rows[i]) < keyOf(rows[j]) })
+	withProps := false
 	for i, r := range rows {
 		msgIDs[i], exchanges[i], routingKeys[i], payloads[i] = r.messageID, r.exchange, r.routingKey, r.payload
 		contentTypes[i], headers[i], orderingKeys[i], availableAts[i] = r.contentType, string(r.headers), r.orderingKey, r.availableAt
 		props.set(i, r.props)
+		withProps = withProps || r.props != (AMQPProperties{})
 	}
-	tag, err := tx.Exec(ctx, fmt.Sprintf(insertMany, t.name()), msgIDs, exchanges, routingKeys, payloads, contentTypes, headers, orderingKeys, availableAts,
-		props.typ, props.correlationID, props.replyTo, props.expiration, props.priority, props.appID)
+	args := []any{msgIDs, exchanges, routingKeys, payloads, contentTypes, headers, orderingKeys, availableAts}
+	query := insertPlain
+	if withProps {
+		query = insertMany
+		args = append(args, props.typ, props.correlationID, props.replyTo, props.expiration, props.priority, props.appID)
+	}
+	tag, err := tx.Exec(ctx, fmt.Sprintf(query, t.name()), args...)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: enqueue: %w", err)
 	}
