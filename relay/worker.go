@@ -59,6 +59,10 @@ type worker struct {
 	// rows of its key may be claimable at once, so claim again without
 	// waiting for a wake-up.
 	keyedDone bool
+
+	// spans are the current batch's publish spans (trace.go); nil while
+	// tracing is off.
+	spans *publishSpans
 }
 
 // outcome of one row in a batch.
@@ -195,6 +199,8 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 	if len(rows) == 0 {
 		return 0, tx.Commit(ctx)
 	}
+	w.spans = w.r.beginSpans(len(rows))
+	defer w.spans.abandon() // the spans finish did not end: rolled back
 	// A batch with a suspected row publishes alone on the connection, the
 	// other workers waiting: a lone row in flight is then the only message
 	// in flight, and if the connection dies it is the row to blame.
@@ -253,6 +259,7 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 		w.r.m.dbErrors.Inc()
 		return 0, fmt.Errorf("commit: %w", err)
 	}
+	w.spans.finish(rows, outs)
 	now := time.Now()
 	w.r.m.batches.Inc()
 	w.r.m.batchSeconds.Observe(now.Sub(start).Seconds())
@@ -376,6 +383,7 @@ func (w *worker) publish(ctx context.Context, rows []claimed) ([]outcome, error)
 			Timestamp:    row.createdAt,
 			Body:         row.payload,
 		}
+		w.spans.start(ctx, i, row, &msgs[i])
 		if row.suspected {
 			if err := flush(); err != nil {
 				return outs, err
