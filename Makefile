@@ -33,9 +33,16 @@ lint: ## go vet and gofmt
 test: ## install and start the services, lint, run every test with the race detector, a short fuzz of each target, then the fault suite
 	@scripts/services.sh up >/dev/null
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory rules
 	. $(ENV_FILE) && $(GO) test -race -count=1 -timeout 15m ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	@$(MAKE) --no-print-directory fault
+
+.PHONY: rules
+rules: ## check and unit-test the Prometheus rules (deploy/prometheus), installing Debian's prometheus if promtool is absent
+	@scripts/install-prometheus.sh
+	promtool check rules deploy/prometheus/rules.yml
+	cd deploy/prometheus && promtool test rules rules_test.yml
 
 .PHONY: fault
 fault: ## the fault suite alone: kills, broker and database restarts, cuts, cluster failover, alarms (restarts the local services)

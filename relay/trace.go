@@ -9,12 +9,12 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/outboxrelay/outboxrelay/internal/tracing"
 )
 
 // Span attributes of the relay beyond the messaging conventions.
 const (
-	attrOutcome   = attribute.Key("outboxrelay.outcome")
-	attrAttempt   = attribute.Key("outboxrelay.attempt")
 	attrWaited    = attribute.Key("outboxrelay.outbox.wait_seconds")
 	attrRowID     = attribute.Key("outboxrelay.outbox.id")
 	attrReason    = attribute.Key("outboxrelay.failure_reason")
@@ -73,7 +73,7 @@ func (s *publishSpans) start(ctx context.Context, i int, row *claimed, msg *amqp
 		semconv.MessagingMessageID(row.messageID),
 		semconv.MessagingMessageBodySize(len(row.payload)),
 		attrRowID.Int64(row.id),
-		attrAttempt.Int(row.attempts + 1),
+		tracing.AttrAttempt.Int(row.attempts + 1),
 		attrWaited.Float64(time.Since(row.createdAt).Seconds()),
 	}
 	if row.key != "" {
@@ -97,18 +97,18 @@ func (s *publishSpans) finish(rows []claimed, outs []outcome) {
 		o := outs[i]
 		switch o.state {
 		case stateOK:
-			span.SetAttributes(attrOutcome.String(spanPublished))
+			span.SetAttributes(tracing.AttrOutcome.String(spanPublished))
 		case stateFailed:
 			result := spanRetry
 			if o.permanent || rows[i].attempts+1 >= s.r.cfg.MaxAttempts {
 				result = spanDead
 			}
-			span.SetAttributes(attrOutcome.String(result), attrReason.String(o.reason))
+			span.SetAttributes(tracing.AttrOutcome.String(result), attrReason.String(o.reason))
 			span.SetStatus(codes.Error, o.reason+": "+o.msg)
 		case stateSuspected:
-			span.SetAttributes(attrOutcome.String(spanSuspected))
+			span.SetAttributes(tracing.AttrOutcome.String(spanSuspected))
 		default:
-			span.SetAttributes(attrOutcome.String(spanReleased))
+			span.SetAttributes(tracing.AttrOutcome.String(spanReleased))
 		}
 		span.End()
 		s.spans[i] = nil
@@ -123,7 +123,7 @@ func (s *publishSpans) abandon() {
 	}
 	for i, span := range s.spans {
 		if span != nil {
-			span.SetAttributes(attrOutcome.String(spanAbandoned))
+			span.SetAttributes(tracing.AttrOutcome.String(spanAbandoned))
 			span.SetStatus(codes.Error, "batch rolled back")
 			span.End()
 			s.spans[i] = nil

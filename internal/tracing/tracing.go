@@ -5,6 +5,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
@@ -81,3 +82,14 @@ func (c TableCarrier) Keys() []string {
 	}
 	return keys
 }
+
+// Span attributes the relay and the inbox both set, beyond the messaging
+// conventions.
+const (
+	// AttrOutcome is what became of the message: for the relay published,
+	// retry, dead, suspected, released or abandoned; for the inbox the
+	// Event kind (applied, duplicate, retried, dead_lettered, requeued).
+	AttrOutcome = attribute.Key("outboxrelay.outcome")
+	// AttrAttempt is the attempt this span is, from 1.
+	AttrAttempt = attribute.Key("outboxrelay.attempt")
+)
