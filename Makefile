@@ -33,9 +33,16 @@ lint: ## go vet and gofmt
 test: ## install and start the services, lint, run every test with the race detector, a short fuzz of each target, then the fault suite
 	@scripts/services.sh up >/dev/null
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory rules
 	. $(ENV_FILE) && $(GO) test -race -count=1 -timeout 15m ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	@$(MAKE) --no-print-directory fault
+
+.PHONY: rules
+rules: ## check and unit-test the Prometheus rules (deploy/prometheus), installing Debian's prometheus if promtool is absent
+	@scripts/install-prometheus.sh
+	promtool check rules deploy/prometheus/rules.yml
+	cd deploy/prometheus && promtool test rules rules_test.yml
 
 .PHONY: fault
 fault: ## the fault suite alone: kills, broker and database restarts, cuts, cluster failover, alarms (restarts the local services)
@@ -47,7 +54,7 @@ demo: build ## bring everything up, run the relay and the orders consumer, inser
 	@scripts/demo.sh
 
 .PHONY: bench
-bench: ## short benchmark suite: drains (1 and 3 relays, quorum and classic, vs the raw broker limit), xmin, latency, ordering
+bench: ## short benchmark suite: drains (1 and 3 relays, quorum and classic, vs the raw broker limit), xmin, latency, ordering, tracing on/off
 	@scripts/services.sh up >/dev/null
 	. $(ENV_FILE) && BENCH_N=$(BENCH_N) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench | grep --line-buffered -vE '^(goos|goarch|pkg|cpu):'; exit $${PIPESTATUS[0]}
 

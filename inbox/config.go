@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outboxrelay/outboxrelay/internal/redact"
 )
@@ -113,6 +115,14 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics; nil registers nowhere.
 	Registerer prometheus.Registerer
+	// TracerProvider makes a process span per delivery, continuing the
+	// trace in its headers, and the handler's context carries it; nil is
+	// the global provider as it is when New is called, a no-op unless the
+	// program installed one.
+	TracerProvider trace.TracerProvider
+	// Propagator reads the trace context from the message headers; nil is
+	// W3C trace context (traceparent, tracestate), what the relay writes.
+	Propagator propagation.TextMapPropagator
 	// OnEvent, if set, is called for every outcome and state change (see
 	// Event). It runs on the consumer's goroutines and must be quick. Meant
 	// for tests, tracing and custom logging.

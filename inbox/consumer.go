@@ -14,6 +14,7 @@ import (
 
 	"github.com/outboxrelay/outboxrelay/internal/amqpconn"
 	"github.com/outboxrelay/outboxrelay/internal/backoff"
+	"github.com/outboxrelay/outboxrelay/internal/tracing"
 )
 
 // Consumer consumes one queue through the inbox table. Create it with New
@@ -23,6 +24,7 @@ type Consumer struct {
 	cfg     Config
 	log     *slog.Logger
 	m       *metrics
+	tracer  tracing.Tracer
 	br      *breaker
 	conn    *amqpconn.Manager
 	resub   backoff.Policy // delays between subscriptions on one connection
@@ -50,6 +52,7 @@ func New(cfg Config) (*Consumer, error) {
 		cfg:    cfg,
 		log:    cfg.Logger.With("consumer", cfg.Name, "queue", cfg.Queue),
 		m:      newMetrics(cfg.Registerer, cfg.Name),
+		tracer: tracing.New("github.com/outboxrelay/outboxrelay/inbox", cfg.TracerProvider, cfg.Propagator),
 		resub:  reconnect,
 		status: "not started",
 	}

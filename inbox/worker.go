@@ -55,6 +55,8 @@ const (
 func (w *worker) handle(ctx context.Context, d amqp.Delivery) {
 	c := w.c
 	m := newMessage(d, fromRetryQueue(d, c.cfg.Queue))
+	ctx, span := c.startProcess(ctx, d, m)
+	defer span.End()
 	if d.MessageId == "" {
 		m.Attempt = 1
 		w.forward(ctx, d, m, errNoMessageID, DeadReasonNoMessageID)
@@ -73,14 +75,14 @@ func (w *worker) handle(ctx context.Context, d amqp.Delivery) {
 		c.m.processed.Inc()
 		ackErr := d.Ack(false)
 		w.logAck(m, ackErr)
-		c.event(Event{Kind: EventApplied, MessageID: m.ID, Attempt: m.Attempt, AckErr: ackErr})
+		c.report(ctx, Event{Kind: EventApplied, MessageID: m.ID, Attempt: m.Attempt, AckErr: ackErr})
 	case duplicate:
 		c.br.record(true)
 		c.m.duplicates.Inc()
 		ackErr := d.Ack(false)
 		c.log.Debug("duplicate message acked", "message_id", m.ID, "attempt", m.Attempt)
 		w.logAck(m, ackErr)
-		c.event(Event{Kind: EventDuplicate, MessageID: m.ID, Attempt: m.Attempt, AckErr: ackErr})
+		c.report(ctx, Event{Kind: EventDuplicate, MessageID: m.ID, Attempt: m.Attempt, AckErr: ackErr})
 	default:
 		switch {
 		case IsPermanent(err):
@@ -181,7 +183,7 @@ func (w *worker) forward(ctx context.Context, d amqp.Delivery, m Message, cause 
 	if deadReason != "" {
 		p = copyOf(d, m, w.ownHeaders(m, cause, deadReason))
 		if _, ok := fit(&p, budget, isOwnHeader); !ok {
-			w.rejectUnfit(d, m, cause, deadReason)
+			w.rejectUnfit(ctx, d, m, cause, deadReason)
 			return
 		}
 	}
@@ -194,7 +196,7 @@ func (w *worker) forward(ctx context.Context, d amqp.Delivery, m Message, cause 
 		nackErr := d.Nack(false, true)
 		c.log.Error("could not forward message: requeued", "message_id", m.ID, "attempt", m.Attempt,
 			"to_queue", queue, "err", err)
-		c.event(Event{Kind: EventRequeued, MessageID: m.ID, Attempt: m.Attempt, Err: err, AckErr: nackErr})
+		c.report(ctx, Event{Kind: EventRequeued, MessageID: m.ID, Attempt: m.Attempt, Err: err, AckErr: nackErr})
 		return
 	}
 	c.br.record(messageFault(deadReason))
@@ -204,13 +206,13 @@ func (w *worker) forward(ctx context.Context, d amqp.Delivery, m Message, cause 
 		c.m.retried.Inc()
 		c.log.Warn("message failed: retrying", "message_id", m.ID, "attempt", m.Attempt,
 			"retry_in", delay, "err", cause)
-		c.event(Event{Kind: EventRetried, MessageID: m.ID, Attempt: m.Attempt, Err: cause, AckErr: ackErr})
+		c.report(ctx, Event{Kind: EventRetried, MessageID: m.ID, Attempt: m.Attempt, Err: cause, AckErr: ackErr})
 		return
 	}
 	c.m.deadLettered.WithLabelValues(deadReason).Inc()
 	c.log.Error("message dead-lettered", "message_id", m.ID, "attempt", m.Attempt,
 		"reason", deadReason, "to_queue", queue, "err", cause, "trimmed", p.Headers[HeaderTrimmed])
-	c.event(Event{Kind: EventDeadLettered, MessageID: m.ID, Attempt: m.Attempt, Err: cause,
+	c.report(ctx, Event{Kind: EventDeadLettered, MessageID: m.ID, Attempt: m.Attempt, Err: cause,
 		DeadReason: deadReason, AckErr: ackErr})
 }
 
@@ -244,7 +246,7 @@ func (w *worker) ownHeaders(m Message, cause error, deadReason string) amqp.Tabl
 // and long names): d is rejected without requeue, so the broker moves it,
 // as it is, to the dead-letter queue through the main queue's
 // dead-letter arguments. Nothing of ours travels with it; the log says why.
-func (w *worker) rejectUnfit(d amqp.Delivery, m Message, cause error, deadReason string) {
+func (w *worker) rejectUnfit(ctx context.Context, d amqp.Delivery, m Message, cause error, deadReason string) {
 	c := w.c
 	c.br.record(messageFault(deadReason))
 	rejectErr := d.Reject(false)
@@ -252,7 +254,7 @@ func (w *worker) rejectUnfit(d amqp.Delivery, m Message, cause error, deadReason
 	c.log.Error("message dead-lettered by rejection: even a trimmed copy would not fit in a frame",
 		"message_id", m.ID, "attempt", m.Attempt, "reason", deadReason, "frame_size", w.conn.Config.FrameSize,
 		"err", cause)
-	c.event(Event{Kind: EventDeadLettered, MessageID: m.ID, Attempt: m.Attempt, Err: cause,
+	c.report(ctx, Event{Kind: EventDeadLettered, MessageID: m.ID, Attempt: m.Attempt, Err: cause,
 		DeadReason: deadReason, AckErr: rejectErr})
 }
 

@@ -14,6 +14,6 @@
 //     parks such rows with the same functions, and the table's CHECK
 //     constraints refuse them from plain SQL, so all three agree.
 //
-// The package depends on pgx only. Any plain SQL INSERT into the outbox
+// The package depends on pgx and the OpenTelemetry API only. Any plain SQL INSERT into the outbox
 // table is equally valid; see the README for the column contract.
 package outbox

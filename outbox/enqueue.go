@@ -72,6 +72,11 @@ func Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]string, error) 
 // returns their message ids in the same order. It validates every message
 // first: if one is invalid, nothing is written and the error wraps
 // ErrInvalidMessage.
+//
+// When ctx carries a span (OpenTelemetry), its W3C trace context is added
+// to each message's headers as traceparent and tracestate, unless the
+// message sets a traceparent itself: the relay's publish span then
+// continues the caller's trace.
 func (t Table) Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]string, error) {
 	if len(msgs) == 0 {
 		return nil, nil
@@ -89,8 +94,11 @@ func (t Table) Enqueue(ctx context.Context, tx Execer, msgs ...Message) ([]strin
 		props        = newPropColumns(len(msgs))
 	)
 	rows := make([]row, len(msgs))
+	tc := traceHeaders(ctx)
 	for i := range msgs {
-		r, err := msgs[i].row()
+		m := msgs[i] // a copy: the caller's message is not changed
+		m.Headers = withTrace(m.Headers, tc)
+		r, err := m.row()
 		if err != nil {
 			if len(msgs) > 1 {
 				return nil, fmt.Errorf("message %d: %w", i, err)

@@ -30,8 +30,9 @@ type Message struct {
 	// Headers become AMQP headers. Values must be JSON-encodable; they
 	// are stored as JSON and published with the mapping and limits of
 	// DecodeHeaders (at most MaxHeaderTableBytes encoded, 8,192 entries
-	// per table or array, 32 levels). A "traceparent" header is
-	// propagated as is.
+	// per table or array, 32 levels). A "traceparent" header (W3C trace
+	// context) is the parent of the relay's publish span; Enqueue sets it
+	// from ctx's span when it is absent.
 	Headers map[string]any
 	// OrderingKey, when set, makes rows sharing it publish in outbox order.
 	OrderingKey string

@@ -11,8 +11,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outboxrelay/outboxrelay/internal/backoff"
+	"github.com/outboxrelay/outboxrelay/internal/tracing"
 )
 
 // Config tunes a Relay. Zero values take the documented defaults.
@@ -85,6 +88,14 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics; nil registers nowhere.
 	Registerer prometheus.Registerer
+	// TracerProvider makes a span per published row (see trace.go); nil is
+	// the global provider as it is when New is called, a no-op unless the
+	// program installed one, and then the relay does no tracing work.
+	TracerProvider trace.TracerProvider
+	// Propagator reads a row's trace context from its headers and writes
+	// the publish span's into the message; nil is W3C trace context
+	// (traceparent, tracestate).
+	Propagator propagation.TextMapPropagator
 	// OnBatch, if set, is called after each batch commits. It runs on the
 	// worker's goroutine and must be quick. Meant for tests and benchmarks.
 	OnBatch func(BatchResult)
@@ -193,6 +204,7 @@ type Relay struct {
 	wake   chan struct{}
 	retry  backoff.Policy
 	health health
+	tracer tracing.Tracer
 	// publishMu lets workers publish together (read lock), or one alone
 	// (write lock) when its batch holds a suspected row.
 	publishMu sync.RWMutex
@@ -220,6 +232,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
 		wake:   make(chan struct{}, 1),
 		retry:  backoff.Policy{Base: cfg.RetryBase, Max: cfg.RetryMax},
 		health: health{fatal: make(chan error, 1)},
+		tracer: tracing.New("github.com/outboxrelay/outboxrelay/relay", cfg.TracerProvider, cfg.Propagator),
 	}, nil
 }
 

@@ -65,6 +65,10 @@ type worker struct {
 	// rows of its key may be claimable at once, so claim again without
 	// waiting for a wake-up.
 	keyedDone bool
+
+	// spans are the current batch's publish spans (trace.go); nil while
+	// tracing is off.
+	spans *publishSpans
 }
 
 // outcome of one row in a batch.
@@ -175,6 +179,8 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 	if len(rows) == 0 {
 		return 0, tx.Commit(ctx)
 	}
+	w.spans = w.r.beginSpans(len(rows))
+	defer w.spans.abandon() // the spans finish did not end: rolled back
 	outs, connErr := w.publishBatch(ctx, rows)
 	if connErr != nil && !errors.Is(connErr, errConnectionLost) {
 		return 0, connErr // context ended: roll back, nothing is known
@@ -189,6 +195,7 @@ func (w *worker) batch(ctx context.Context) (int, error) {
 		w.r.m.dbErrors.Inc()
 		return 0, fmt.Errorf("commit: %w", err)
 	}
+	w.spans.finish(rows, outs)
 	w.report(start, rows, outs, m, dead)
 	return len(rows), connErr
 }
@@ -437,6 +444,7 @@ func (w *worker) prepare(ctx context.Context, rows []claimed, i, frameMax int, m
 		Priority:      props.Priority,
 		AppId:         props.AppID,
 	}
+	w.spans.start(ctx, i, row, &msgs[i])
 	return true, nil
 }
 

@@ -25,6 +25,9 @@ ORDERS_EXCHANGE=orders
 ORDERS_QUEUE=orders-applier
 ORDERS_KEY=order.created
 HTTP_ADDR= # 127.0.0.1:9600 in slot 0; 9600+10*slot in another checkout's slot
+PROM_ADDR= # 127.0.0.1:9690 in slot 0; 9690+10*slot in another's
+PROM_DIR="$STATE/demo-prometheus"
+PROM_PID_FILE="$STATE/demo-prometheus.pid"
 QUEUE=demo.orders
 MGMT_USER=outbox
 MGMT_PASS=outbox-secret-pw
@@ -103,6 +106,34 @@ wait_consumer_log() {
 	consumer_failed "timed out after 30s waiting for $what"
 }
 
+# start_prometheus: (re)start the demo's Prometheus, scraping the relay
+# every 5 s with the shipped rules, and wait until it is ready (`make down`
+# stops it).
+start_prometheus() {
+	scripts/install-prometheus.sh
+	if [ -f "$PROM_PID_FILE" ] && alive "$(cat "$PROM_PID_FILE")"; then
+		kill "$(cat "$PROM_PID_FILE")" 2>/dev/null || true
+		for ((i = 0; i < 40; i++)); do alive "$(cat "$PROM_PID_FILE")" || break; sleep 0.25; done
+	fi
+	mkdir -p "$PROM_DIR"
+	cat >"$PROM_DIR/prometheus.yml" <<PROM
+global: {scrape_interval: 5s, evaluation_interval: 5s}
+rule_files: ["$ROOT/deploy/prometheus/rules.yml"]
+scrape_configs:
+  - {job_name: outbox-relay, static_configs: [{targets: ["$HTTP_ADDR"]}]}
+PROM
+	setsid nohup prometheus --config.file="$PROM_DIR/prometheus.yml" --storage.tsdb.path="$PROM_DIR/data" \
+		--web.listen-address="$PROM_ADDR" </dev/null >>"$PROM_DIR/prometheus.log" 2>&1 &
+	echo $! >"$PROM_PID_FILE"
+	for ((i = 0; i < 60; i++)); do
+		curl -fs -o /dev/null --max-time 2 "http://$PROM_ADDR/-/ready" && return 0
+		alive "$(cat "$PROM_PID_FILE")" || break
+		sleep 0.5
+	done
+	tail -n 20 "$PROM_DIR/prometheus.log" >&2
+	die "prometheus did not become ready; see $PROM_DIR/prometheus.log"
+}
+
 [ -x "$RELAY_BIN" ] || die "$RELAY_BIN not found: run 'make build' first"
 [ -x "$CONSUMER_BIN" ] || die "$CONSUMER_BIN not found: run 'make build' first"
 command -v jq >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 ||
@@ -114,7 +145,9 @@ scripts/services.sh up
 . "$STATE/env"
 # This checkout's slot (scripts/services.sh) sets the ports.
 MGMT="$(printf '%s' "$RELAY_TEST_MANAGEMENT_URL" | sed -E 's#//[^@/]*@#//#; s#/$##')"
-HTTP_ADDR="127.0.0.1:$((9600 + 10 * $(cat "$STATE/slot" 2>/dev/null || echo 0)))"
+SLOT="$(cat "$STATE/slot" 2>/dev/null || echo 0)"
+HTTP_ADDR="127.0.0.1:$((9600 + 10 * SLOT))"
+PROM_ADDR="127.0.0.1:$((9690 + 10 * SLOT))"
 
 export RELAY_DATABASE_URL="$RELAY_TEST_DATABASE_URL"
 export RELAY_AMQP_URL="$RELAY_TEST_AMQP_URL"
@@ -170,6 +203,9 @@ if [ -z "$ready" ]; then
 	die "relay not ready after 30s; see $RELAY_LOG"
 fi
 echo "relay is ready"
+
+step "Starting Prometheus (Debian's prometheus, rules from deploy/prometheus/rules.yml) on http://$PROM_ADDR/"
+start_prometheus
 
 step "Inserting 3 outbox rows in ONE transaction (plain SQL via psql)"
 psql_shown <<'EOF'
@@ -297,6 +333,7 @@ step "Done"
 cat <<EOF
   metrics:        http://$HTTP_ADDR/metrics   (health: /healthz, /readyz)
   management UI:  $MGMT/   (user $MGMT_USER / password $MGMT_PASS)
+  prometheus:     http://$PROM_ADDR/   (alerts: http://$PROM_ADDR/alerts; make down stops it)
   relay log:      $RELAY_LOG   (pid $relay_pid, in $RELAY_PID_FILE)
   consumer log:   $CONSUMER_LOG   (pid $consumer_pid, in $CONSUMER_PID_FILE)
   the relay and the consumer keep running; insert more rows with psql "\$RELAY_TEST_DATABASE_URL" (see .services/env),

@@ -46,7 +46,9 @@ func runConsumer(t *testing.T, c *inbox.Consumer) {
 	go func() { stopped <- c.Run(ctx) }()
 	t.Cleanup(func() {
 		stop()
-		<-stopped
+		if err := <-stopped; err != nil {
+			t.Errorf("consumer: %v", err)
+		}
 	})
 }
 

@@ -38,6 +38,17 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 	}
 	poolCfg.MaxConns = int32(cfg.Workers + 4)
 	setMemoryLimit(e, cfg)
+	tp, stopTracing, err := setupTracing(ctx, os.Getenv, Version)
+	if err != nil {
+		return err
+	}
+	defer func() { // last: flushes the spans of the final batches
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			e.log.Warn("tracing: spans not flushed at exit", "err", err)
+		}
+	}()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	poolCfg.ConnConfig.Tracer = newRoundTrips(reg)
@@ -72,6 +83,7 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 		StatsInterval:     cfg.StatsInterval,
 		Logger:            e.log,
 		Registerer:        reg,
+		TracerProvider:    tp,
 	})
 	if err != nil {
 		return err
@@ -79,6 +91,7 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 
 	gate := &startGate{}
 	gate.set("checking the database schema")
+	reg.MustRegister(readyGauge(r, gate))
 	if cfg.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
@@ -194,6 +207,25 @@ func setMemoryLimit(e *env, cfg config.Config) {
 	limit := int64(cfg.Workers)*2*batch + 48<<20
 	debug.SetMemoryLimit(limit)
 	e.log.Debug("memory limit", "bytes", limit)
+}
+
+// readyGauge is outboxrelay_relay_ready: what /readyz answers, as a
+// metric, for the not-ready alert (deploy/prometheus/rules.yml). It asks
+// on each scrape.
+func readyGauge(r *relay.Relay, gate *startGate) prometheus.GaugeFunc {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "outboxrelay", Subsystem: "relay", Name: "ready",
+		Help: "1 when the relay is ready (/readyz answers 200): started, database reachable, broker connected."},
+		func() float64 {
+			if gate.get() != "" {
+				return 0
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if r.Ready(ctx) != nil {
+				return 0
+			}
+			return 1
+		})
 }
 
 func handler(r *relay.Relay, reg *prometheus.Registry, gate *startGate, secrets []string) http.Handler {

@@ -202,4 +202,5 @@ stop_demo_process() {
 stop_demo_processes() {
 	stop_demo_process "$DEMO_CONSUMER_PID_FILE" orders-consumer
 	stop_demo_process "$DEMO_PID_FILE" relay
+	stop_demo_process "$STATE/demo-prometheus.pid" prometheus
 }
