@@ -617,14 +617,20 @@ func (w *worker) connectionDied() bool {
 	if w.doomed {
 		return true
 	}
-	if e := w.channelError(); e != nil && hardError(e) {
-		return true
+	if e := w.channelError(); e != nil {
+		if hardError(e) {
+			return true
+		}
+		if e.Server {
+			return false // the broker closed this channel alone, and said why
+		}
 	}
 	// The connection the channel was on, not the broker's current one: a
 	// reconnect may already have replaced it. The client shuts the
 	// channels down before it marks the connection closed, so without a
-	// reason from the channel, give the connection a moment to say.
-	if w.chConn != nil && closedWithin(w.chConn, 200*time.Millisecond) {
+	// reason from the channel, give the connection a moment to say (on a
+	// loaded machine the client's reader can lag well behind).
+	if w.chConn != nil && closedWithin(w.chConn, time.Second) {
 		return true
 	}
 	return !w.r.broker.connected()
@@ -655,8 +661,8 @@ func (w *worker) blameable() bool {
 // connectionError is why the channel's connection closed, if it did and
 // said why; it waits a moment for the reason of a connection that closed.
 func (w *worker) connectionError() *amqp.Error {
-	if w.connErr == nil && w.connClosed != nil && w.chConn != nil && closedWithin(w.chConn, 200*time.Millisecond) {
-		if e, done := readClose(w.connClosed, time.Second); done {
+	if w.connErr == nil && w.connClosed != nil && w.chConn != nil && closedWithin(w.chConn, time.Second) {
+		if e, done := readClose(w.connClosed, 2*time.Second); done {
 			w.connErr, w.connClosed = e, nil
 		}
 	}
