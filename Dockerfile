@@ -16,7 +16,7 @@ ARG VERSION=dev
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     go build -trimpath \
-      -ldflags "-s -w -X github.com/outboxrelay/outboxrelay/internal/cli.Version=${VERSION}" \
+      -ldflags "-s -w -X github.com/outboxrelay/outboxrelay/cmd/relay/internal/cli.Version=${VERSION}" \
       -o /relay ./cmd/relay
 
 # The inbox example (examples/orders-consumer); a separate stage, so building

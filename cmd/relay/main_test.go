@@ -13,7 +13,7 @@ import (
 
 // The binary's exit status is what a supervisor sees: `relay run` on a
 // schema that was never migrated must exit non-zero, at once, saying what
-// to do. (internal/cli's tests cover the cases in process.)
+// to do. (cmd/relay/internal/cli's tests cover the cases in process.)
 func TestRunOnAnUnmigratedSchemaExitsNonZero(t *testing.T) {
 	t.Parallel()
 	env := testenv.Services(t)

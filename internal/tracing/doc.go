@@ -4,6 +4,6 @@
 // nothing when it is off), and carrying the trace context in AMQP headers.
 //
 // The libraries only use the OpenTelemetry API; creating an SDK and an
-// exporter is the binary's business (internal/cli). Without one, every
+// exporter is the binary's business (cmd/relay/internal/cli). Without one, every
 // provider here is a no-op and Enabled reports false.
 package tracing
