@@ -135,13 +135,19 @@ LIMIT $1`
 
 // ListDead returns up to limit dead rows, oldest first.
 func ListDead(ctx context.Context, db DB, limit int) ([]DeadRow, error) {
-	rows, err := db.Query(ctx, listDead, limit)
+	return queryDead(ctx, db, "list dead", listDead, limit)
+}
+
+// queryDead runs query, which returns dead rows, and collects them; op
+// names it in errors.
+func queryDead(ctx context.Context, db DB, op, query string, args ...any) ([]DeadRow, error) {
+	rows, err := db.Query(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list dead: %w", err)
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	out, err := pgx.CollectRows(rows, scanDead)
 	if err != nil {
-		return nil, fmt.Errorf("list dead: %w", err)
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	return out, nil
 }

@@ -23,13 +23,9 @@ RETURNING id, message_id::text, exchange, routing_key, attempts, coalesce(last_e
 // published_at meaning "the broker confirmed it": metrics, retention and
 // anyone reading the table can trust it.
 func Discard(ctx context.Context, db DB, ids []int64) ([]DeadRow, error) {
-	rows, err := db.Query(ctx, discard, ids)
+	out, err := queryDead(ctx, db, "discard", discard, ids)
 	if err != nil {
-		return nil, fmt.Errorf("discard: %w", err)
-	}
-	out, err := pgx.CollectRows(rows, scanDead)
-	if err != nil {
-		return nil, fmt.Errorf("discard: %w", err)
+		return nil, err
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
