@@ -50,7 +50,7 @@ type Config struct {
 	Retention         time.Duration
 	RetentionInterval time.Duration
 	RetentionBatch    int
-	ListenURL         string
+	ListenDatabaseURL string
 	StatsInterval     time.Duration
 }
 
@@ -126,13 +126,13 @@ var keys = []key{
 	{"retention_batch", "1000", "rows deleted per retention statement", intIn(1, 100_000, func(c *Config, v int) { c.RetentionBatch = v })},
 	{"listen_database_url", "", "direct PostgreSQL URL for LISTEN when database_url goes through PgBouncer in transaction mode; empty uses database_url", func(c *Config, s string) error {
 		if s == "" {
-			c.ListenURL = ""
+			c.ListenDatabaseURL = ""
 			return nil
 		}
 		if err := checkPostgres(s); err != nil {
 			return err
 		}
-		c.ListenURL = s
+		c.ListenDatabaseURL = s
 		return nil
 	}},
 	{"stats_interval", "15s", "how often the backlog and table gauges are refreshed", durationIn(10*time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.StatsInterval = v })},
@@ -437,7 +437,7 @@ func Redact(s string) string { return redact.Value(s) }
 // library may echo them, for scrubbing logs and errors.
 func (c Config) Secrets() []string {
 	var out []string
-	for _, v := range append([]string{c.DatabaseURL, c.ListenURL, c.HTTPAddr}, c.AMQPURLs...) {
+	for _, v := range append([]string{c.DatabaseURL, c.ListenDatabaseURL, c.HTTPAddr}, c.AMQPURLs...) {
 		out = append(out, redact.Secrets(v)...)
 	}
 	return out

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -270,7 +271,7 @@ func FuzzSecretNeverEchoed(f *testing.F) {
 		var buf strings.Builder
 		cfg.NewLogger(&buf).Error("connect failed",
 			"err", fmt.Errorf("dial %s: refused", cfg.DatabaseURL),
-			"database_url", cfg.DatabaseURL, "listen_database_url", cfg.ListenURL,
+			"database_url", cfg.DatabaseURL, "listen_database_url", cfg.ListenDatabaseURL,
 			"amqp_url", cfg.AMQPURLs, "http_addr", cfg.HTTPAddr)
 		if strings.Contains(buf.String(), secretMarker) {
 			t.Fatalf("%s=%q: log line holds the secret: %s", k.name, value, buf.String())
@@ -338,5 +339,35 @@ func TestUnknownEnvNamesTheClosestKey(t *testing.T) {
 		{"RELAY_FOO", ""}, {"RELAY_LOGLEVEL", "RELAY_LOG_LEVEL"}}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("UnknownEnv = %v, want %v", got, want)
+	}
+}
+
+// One name per setting: every key's Config field is the key in Go's camel
+// case (initialisms upper case), so a reader can follow a setting from the
+// YAML key to the field. amqp_url is the one plural: it takes a list.
+func TestEveryKeyNamesItsField(t *testing.T) {
+	t.Parallel()
+	initialisms := map[string]string{"url": "URL", "amqp": "AMQP", "http": "HTTP", "id": "ID"}
+	fields := map[string]bool{}
+	typ := reflect.TypeOf(Config{})
+	for i := range typ.NumField() {
+		fields[typ.Field(i).Name] = true
+	}
+	for _, k := range keys {
+		var name strings.Builder
+		for _, part := range strings.Split(k.name, "_") {
+			if up, ok := initialisms[part]; ok {
+				name.WriteString(up)
+			} else {
+				name.WriteString(strings.ToUpper(part[:1]) + part[1:])
+			}
+		}
+		want := name.String()
+		if k.name == "amqp_url" {
+			want = "AMQPURLs"
+		}
+		if !fields[want] {
+			t.Errorf("key %s: Config has no field %s", k.name, want)
+		}
 	}
 }

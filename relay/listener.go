@@ -33,9 +33,9 @@ func (r *Relay) listen(ctx context.Context) {
 
 func (r *Relay) listenOnce(ctx context.Context, connected func()) error {
 	cfg := r.pool.Config().ConnConfig.Copy()
-	if r.cfg.ListenURL != "" {
+	if r.cfg.ListenDatabaseURL != "" {
 		var err error
-		if cfg, err = pgx.ParseConfig(r.cfg.ListenURL); err != nil {
+		if cfg, err = pgx.ParseConfig(r.cfg.ListenDatabaseURL); err != nil {
 			return fmt.Errorf("listen url: %w", err)
 		}
 	}

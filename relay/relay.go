@@ -71,10 +71,10 @@ type Config struct {
 	Retention         time.Duration
 	RetentionInterval time.Duration // default 1m
 	RetentionBatch    int           // default 1000
-	// ListenURL, if set, is a direct PostgreSQL URL for the LISTEN
+	// ListenDatabaseURL, if set, is a direct PostgreSQL URL for the LISTEN
 	// connection, for when the pool goes through PgBouncer in transaction
 	// mode (which cannot LISTEN).
-	ListenURL string
+	ListenDatabaseURL string
 	// StatsInterval is how often the pending/dead gauges are refreshed
 	// with two cheap index-only counts (default 15s).
 	StatsInterval time.Duration

@@ -79,7 +79,7 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 		Retention:         cfg.Retention,
 		RetentionInterval: cfg.RetentionInterval,
 		RetentionBatch:    cfg.RetentionBatch,
-		ListenURL:         cfg.ListenURL,
+		ListenDatabaseURL: cfg.ListenDatabaseURL,
 		StatsInterval:     cfg.StatsInterval,
 		Logger:            e.log,
 		Registerer:        reg,
