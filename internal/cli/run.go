@@ -37,6 +37,7 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 		return fmt.Errorf("database_url: %s", redact.Scrub(err.Error(), cfg.Secrets()))
 	}
 	poolCfg.MaxConns = int32(cfg.Workers + 4)
+	warnUnverified(e.log, &poolCfg.ConnConfig.Config, cfg.ListenURL, cfg.AMQPURLs)
 	setMemoryLimit(e, cfg)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
