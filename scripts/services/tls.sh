@@ -73,7 +73,7 @@ pg_tls_ok() {
 # for 127.0.0.1 and accepts our client certificate.
 amqps_ok() {
 	[ -s "$TLS_DIR/ca.pem" ] && port_open "$AMQPS_PORT" &&
-		openssl s_client -connect "127.0.0.1:$AMQPS_PORT" -CAfile "$TLS_DIR/ca.pem" \
+		timeout 10 openssl s_client -connect "127.0.0.1:$AMQPS_PORT" -CAfile "$TLS_DIR/ca.pem" \
 			-cert "$TLS_DIR/client.pem" -key "$TLS_DIR/client.key" \
 			-verify_ip 127.0.0.1 -verify_return_error -brief </dev/null >/dev/null 2>&1
 }
