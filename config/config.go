@@ -91,7 +91,11 @@ var keys = []key{
 			}
 			// The whole list is shown, redacted as one value: a part cut
 			// at a comma inside a password would not be recognised as one.
-			if err := checkURL(part, "amqp", "amqps"); err != nil {
+			err := checkURL(part, "amqp", "amqps")
+			if err == nil {
+				err = checkAMQPTLSFiles(part)
+			}
+			if err != nil {
 				if len(parts) > 1 {
 					err = fmt.Errorf("URL %d of %d %w", i+1, len(parts), err)
 				}
@@ -374,6 +378,9 @@ var plainWords = regexp.MustCompile(`^[a-z][a-z _-]*$`)
 func checkPostgres(s string) error {
 	if schemeOf(s) != "" {
 		if err := checkURL(s, "postgres", "postgresql"); err != nil {
+			return fmt.Errorf("%w, got %s", err, shown(s))
+		}
+		if err := checkPostgresTLSFiles(s); err != nil {
 			return fmt.Errorf("%w, got %s", err, shown(s))
 		}
 	} else if !strings.Contains(s, "=") {

@@ -104,15 +104,7 @@ func setup(t *testing.T, h inbox.Handler, o setupOpts) *testBundle {
 // run runs c until the test ends.
 func run(t *testing.T, c *inbox.Consumer) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	testenv.RunInBackground(t, c.Run)
 }
 
 // applyHandler is the business logic: one row per applied message.

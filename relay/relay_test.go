@@ -67,15 +67,7 @@ func startRelay(t *testing.T, pool *pgxpool.Pool, c relay.Config) *relay.Relay {
 	if err != nil {
 		t.Fatalf("relay.New: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	testenv.RunInBackground(t, r.Run)
 	return r
 }
 

@@ -6,7 +6,9 @@
 #        scripts/services.sh node-stop N|node-start N|rabbitmqctl N ARGS...
 #
 #   up            start both services (idempotent, safe to run concurrently) and
-#                 print the RELAY_TEST_* variables on stdout
+#                 print the RELAY_TEST_* variables on stdout; services started
+#                 before TLS existed get it (PostgreSQL reloads, RabbitMQ
+#                 restarts)
 #   env           print the RELAY_TEST_* variables only (starts nothing)
 #   down          stop both services, the demo relay and consumer and the
 #                 cluster, if any; data is kept
@@ -37,7 +39,8 @@
 #
 # Everything listens on 127.0.0.1 only. Slot 0 (the first checkout; see
 # "slot" below, slot S adds 10*S to each port and 80*S to the CLI range):
-#   PostgreSQL 55432, AMQP 56720, management HTTP 15680,
+#   PostgreSQL 55432 (plain and TLS), AMQP 56720, AMQP over TLS 56725,
+#   management HTTP 15680,
 #   Erlang distribution 25680 (CLI tools 45680-45699), epmd 4369 (shared);
 #   cluster nodes N=1..3: AMQP 5672N, management 1568N, distribution 2568N
 #   (CLI tools 45700-45759). Node names: outbox@localhost, outboxN@localhost;
@@ -60,6 +63,8 @@ LIB="$ROOT/scripts/services"
 . "$LIB/slot.sh"
 # shellcheck source=services/packages.sh
 . "$LIB/packages.sh"
+# shellcheck source=services/tls.sh
+. "$LIB/tls.sh"
 # shellcheck source=services/postgres.sh
 . "$LIB/postgres.sh"
 # shellcheck source=services/rabbitmq.sh
@@ -101,12 +106,12 @@ cmd_up() {
 		compose up -d --wait postgres rabbitmq >&2
 	else
 		stop_orphans
-		if pg_ready && mgmt_ok; then
+		if pg_ready && mgmt_ok && tls_ok; then
 			log "postgres and rabbitmq already running"
 		else
 			ensure_packages
 			resolve_dirs create
-			if pg_ready; then log "postgres already answering on 127.0.0.1:$PG_PORT"; else pg_start_local; fi
+			if pg_ready; then pg_tls_reload; else pg_start_local; fi
 			rmq_start_local
 		fi
 	fi

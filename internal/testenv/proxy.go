@@ -28,7 +28,15 @@ type Proxy struct {
 // it stops when the test ends.
 func NewProxy(t testing.TB, target string, up bool) *Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return NewProxyOn(t, "127.0.0.1:0", target, up)
+}
+
+// NewProxyOn is NewProxy listening on addr: "127.0.0.2:0" reaches a
+// service on 127.0.0.1 by a loopback address its certificate does not
+// name.
+func NewProxyOn(t testing.TB, addr, target string, up bool) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("proxy listen: %v", err)
 	}

@@ -32,6 +32,34 @@ type Env struct {
 	DatabaseURL   string
 	AMQPURL       string
 	ManagementURL string
+	TLS           TLSEnv
+}
+
+// TLSEnv is the same services over TLS, with the test CA that signed their
+// certificates (scripts/services/tls.sh). It is empty where the services
+// have no TLS (docker mode); use RequireTLS.
+type TLSEnv struct {
+	// DatabaseURL verifies the server: sslmode=verify-full, sslrootcert.
+	DatabaseURL string
+	// AMQPURL is amqps:// with cacertfile, certfile and keyfile: the
+	// listener requires a client certificate.
+	AMQPURL string
+	// CA, ClientCert and ClientKey are the PEM files' paths.
+	CA, ClientCert, ClientKey string
+}
+
+// envVars maps each RELAY_TEST_* variable to the Env field it sets.
+func envVars(e *Env) map[string]*string {
+	return map[string]*string{
+		"RELAY_TEST_DATABASE_URL":     &e.DatabaseURL,
+		"RELAY_TEST_AMQP_URL":         &e.AMQPURL,
+		"RELAY_TEST_MANAGEMENT_URL":   &e.ManagementURL,
+		"RELAY_TEST_DATABASE_TLS_URL": &e.TLS.DatabaseURL,
+		"RELAY_TEST_AMQPS_URL":        &e.TLS.AMQPURL,
+		"RELAY_TEST_TLS_CA":           &e.TLS.CA,
+		"RELAY_TEST_TLS_CLIENT_CERT":  &e.TLS.ClientCert,
+		"RELAY_TEST_TLS_CLIENT_KEY":   &e.TLS.ClientKey,
+	}
 }
 
 var (
@@ -61,10 +89,10 @@ func Root() string {
 }
 
 func load() (Env, error) {
-	e := Env{
-		DatabaseURL:   os.Getenv("RELAY_TEST_DATABASE_URL"),
-		AMQPURL:       os.Getenv("RELAY_TEST_AMQP_URL"),
-		ManagementURL: os.Getenv("RELAY_TEST_MANAGEMENT_URL"),
+	var e Env
+	vars := envVars(&e)
+	for k, v := range vars {
+		*v = os.Getenv(k)
 	}
 	if e.DatabaseURL != "" && e.AMQPURL != "" {
 		return e, nil
@@ -81,14 +109,8 @@ func load() (Env, error) {
 		if !ok {
 			continue
 		}
-		v = strings.Trim(v, `'"`)
-		switch k {
-		case "RELAY_TEST_DATABASE_URL":
-			e.DatabaseURL = v
-		case "RELAY_TEST_AMQP_URL":
-			e.AMQPURL = v
-		case "RELAY_TEST_MANAGEMENT_URL":
-			e.ManagementURL = v
+		if field, ok := vars[k]; ok {
+			*field = strings.Trim(v, `'"`)
 		}
 	}
 	if e.DatabaseURL == "" || e.AMQPURL == "" {
@@ -126,6 +148,25 @@ func Services(t testing.TB) Env {
 		t.Fatalf("services unavailable: %v", envErr)
 	}
 	return env
+}
+
+// RequireTLS returns the TLS services. Where they are missing (services
+// started by hand, or docker mode) it fails the test like a missing
+// service: it skips only with RELAY_TEST_SKIP_WITHOUT_SERVICES=1 and CI not
+// true.
+func RequireTLS(t testing.TB) TLSEnv {
+	t.Helper()
+	e := Services(t).TLS
+	if e.DatabaseURL != "" && e.AMQPURL != "" && e.CA != "" && e.ClientCert != "" && e.ClientKey != "" {
+		return e
+	}
+	const why = "TLS services unavailable: RELAY_TEST_DATABASE_TLS_URL, RELAY_TEST_AMQPS_URL and RELAY_TEST_TLS_* are not all set " +
+		"(scripts/services.sh up sets them up in local mode; re-source .services/env)"
+	if os.Getenv(skipVar) == "1" && os.Getenv("CI") != "true" {
+		t.Skipf("%s (%s=1)", why, skipVar)
+	}
+	t.Fatalf("%s; %s", why, startHint)
+	return TLSEnv{}
 }
 
 // MustServices is Services for examples and TestMain, which have no t.

@@ -18,6 +18,8 @@ pg_local_running() {
 
 pg_write_conf() {
 	local conf="$PG_DIR/data/outboxrelay.conf"
+	tls_ensure
+	tls_install "$PG_DIR/tls" postgres
 	cat >"$conf" <<EOF
 # Managed by scripts/services.sh; rewritten on every start.
 listen_addresses = '127.0.0.1'
@@ -34,6 +36,11 @@ logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_messages = warning
 timezone = 'UTC'
+# TLS for clients that ask (sslmode=verify-full); plain connections work too.
+ssl = on
+ssl_cert_file = '$PG_DIR/tls/server.pem'
+ssl_key_file = '$PG_DIR/tls/server.key'
+ssl_ca_file = '$PG_DIR/tls/ca.pem'
 EOF
 	chown postgres:postgres "$conf"
 	grep -q "^include_if_exists = 'outboxrelay.conf'" "$PG_DIR/data/postgresql.conf" ||
@@ -69,6 +76,27 @@ pg_start_local() {
 	done
 	pg_ready || { tail -n 40 "$PG_DIR/log" >&2 || true; die "postgres not ready after ${START_TIMEOUT}s"; }
 	pg_provision
+}
+
+# pg_tls_reload: a server of ours that is already running takes the TLS
+# settings and certificates with a reload (no restart, no dropped
+# connections).
+pg_tls_reload() {
+	if ! pg_local_running; then
+		log "postgres already answering on 127.0.0.1:$PG_PORT (not started from this checkout: TLS left as it is)"
+		return 0
+	fi
+	pg_tls_ok && return 0
+	log "postgres: turning TLS on (reload)"
+	pg_write_conf
+	as_user postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" reload >&2 9>&-
+	local i
+	for ((i = 0; i < 50; i++)); do
+		pg_tls_ok && return 0
+		sleep 0.2
+	done
+	tail -n 20 "$PG_DIR/log" >&2 || true
+	die "postgres does not answer TLS after a reload"
 }
 
 pg_provision() {

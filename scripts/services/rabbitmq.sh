@@ -42,9 +42,18 @@ mgmt_ok() {
 rmq_ping() { [ -n "$RMQ_BIN" ] && rmq rabbitmq-diagnostics -q ping --timeout 5 >/dev/null 2>&1; }
 
 rmq_write_conf() {
+	tls_ensure
+	tls_install "$RMQ_DIR/tls" rabbitmq
 	cat >"$RMQ_DIR/rabbitmq.conf" <<EOF
 # Managed by scripts/services.sh; rewritten on every start.
 listeners.tcp.default = 127.0.0.1:$AMQP_PORT
+# TLS: the server certificate from the test CA; clients must present one.
+listeners.ssl.default = 127.0.0.1:$AMQPS_PORT
+ssl_options.cacertfile = $RMQ_DIR/tls/ca.pem
+ssl_options.certfile = $RMQ_DIR/tls/server.pem
+ssl_options.keyfile = $RMQ_DIR/tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $MGMT_PORT
 # Only applied when the node boots with an empty database:
@@ -73,9 +82,15 @@ rmq_log_tail() {
 }
 
 rmq_start_local() {
-	if mgmt_ok; then
+	if mgmt_ok && amqps_ok; then
 		log "rabbitmq already answering on 127.0.0.1:$MGMT_PORT"
 		return 0
+	fi
+	if mgmt_ok; then
+		# Started before TLS existed (or with other certificates): a
+		# listener is only added by a restart.
+		log "rabbitmq: no TLS listener with this checkout's certificates on 127.0.0.1:$AMQPS_PORT; restarting the node"
+		rmq_stop_local
 	fi
 	rmq_write_conf
 	local pid= deadline=$((SECONDS + START_TIMEOUT))

@@ -48,12 +48,14 @@ claim_slot() {
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 
 # set_slot_vars S: the ports and node names of slot S (stride 10 leaves room
-# for the fault suite's three cluster nodes at +1..+3).
+# for the fault suite's three cluster nodes at +1..+3; the TLS listener is
+# at +5).
 set_slot_vars() {
 	local s="$1"
 	SLOT="$s"
 	PG_PORT=$((55432 + 10 * s))
 	AMQP_PORT=$((56720 + 10 * s))
+	AMQPS_PORT=$((AMQP_PORT + 5))
 	MGMT_PORT=$((15680 + 10 * s))
 	RMQ_DIST_PORT=$((25680 + 10 * s))
 	RMQ_CTL_DIST_MIN=$((45680 + 80 * s))
@@ -63,6 +65,10 @@ set_slot_vars() {
 	DATABASE_URL="postgres://$SVC_USER:$SVC_PASS@127.0.0.1:$PG_PORT/$SVC_DB?sslmode=disable"
 	AMQP_URL="amqp://$SVC_USER:$SVC_PASS@127.0.0.1:$AMQP_PORT/"
 	MANAGEMENT_URL="http://$SVC_USER:$SVC_PASS@127.0.0.1:$MGMT_PORT/"
+	# The same services over TLS, verifying the server against the test CA
+	# (scripts/services/tls.sh); RabbitMQ also wants the client certificate.
+	DATABASE_TLS_URL="postgres://$SVC_USER:$SVC_PASS@127.0.0.1:$PG_PORT/$SVC_DB?sslmode=verify-full&sslrootcert=$TLS_DIR/ca.pem"
+	AMQPS_URL="amqps://$SVC_USER:$SVC_PASS@127.0.0.1:$AMQPS_PORT/?cacertfile=$TLS_DIR/ca.pem&certfile=$TLS_DIR/client.pem&keyfile=$TLS_DIR/client.key"
 }
 
 SVC_USER=outbox
