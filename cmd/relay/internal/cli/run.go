@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outboxrelay/outboxrelay/config"
 	"github.com/outboxrelay/outboxrelay/internal/backoff"
@@ -59,33 +60,7 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 	}
 	defer pool.Close()
 
-	r, err := relay.New(pool, relay.Config{
-		AMQPURLs:          cfg.AMQPURLs,
-		BatchSize:         cfg.BatchSize,
-		Workers:           cfg.Workers,
-		PollInterval:      cfg.PollInterval,
-		ConfirmTimeout:    cfg.ConfirmTimeout,
-		MaxAttempts:       cfg.MaxAttempts,
-		RetryBase:         cfg.RetryBase,
-		RetryMax:          cfg.RetryMax,
-		ReconnectMin:      cfg.ReconnectMin,
-		ReconnectMax:      cfg.ReconnectMax,
-		Heartbeat:         cfg.Heartbeat,
-		MaxPayloadBytes:   cfg.MaxPayloadBytes,
-		ShutdownTimeout:   cfg.ShutdownTimeout,
-		OrderingPolicy:    relay.OrderingPolicy(cfg.OrderingPolicy),
-		StrictOrdering:    cfg.StrictOrdering,
-		MaxBatchBytes:     cfg.MaxBatchBytes,
-		RescanInterval:    cfg.RescanInterval,
-		Retention:         cfg.Retention,
-		RetentionInterval: cfg.RetentionInterval,
-		RetentionBatch:    cfg.RetentionBatch,
-		ListenDatabaseURL: cfg.ListenDatabaseURL,
-		StatsInterval:     cfg.StatsInterval,
-		Logger:            e.log,
-		Registerer:        reg,
-		TracerProvider:    tp,
-	})
+	r, err := relay.New(pool, relayConfig(cfg, e, reg, tp))
 	if err != nil {
 		return err
 	}
@@ -94,22 +69,11 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 	gate.set("checking the database schema")
 	reg.MustRegister(readyGauge(r, gate))
 	if cfg.HTTPAddr != "" {
-		ln, err := net.Listen("tcp", cfg.HTTPAddr)
+		stop, err := serveHTTP(ctx, e, cfg.HTTPAddr, handler(r, reg, gate, e.secrets))
 		if err != nil {
-			return fmt.Errorf("http_addr: %w", err)
+			return err
 		}
-		srv := &http.Server{Handler: handler(r, reg, gate, e.secrets), ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				e.log.Error("http server failed", "err", err)
-			}
-		}()
-		defer func() { // after the relay has stopped
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-		}()
-		e.log.Info("http listening", "addr", ln.Addr().String())
+		defer stop() // after the relay has stopped
 	}
 
 	if err := checkStart(ctx, pool, cfg, e.log, gate); err != nil {
@@ -249,4 +213,56 @@ func handler(r *relay.Relay, reg *prometheus.Registry, gate *startGate, secrets 
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
+}
+
+// relayConfig maps the configuration onto the relay's.
+func relayConfig(cfg config.Config, e *env, reg prometheus.Registerer, tp trace.TracerProvider) relay.Config {
+	return relay.Config{
+		AMQPURLs:          cfg.AMQPURLs,
+		BatchSize:         cfg.BatchSize,
+		Workers:           cfg.Workers,
+		PollInterval:      cfg.PollInterval,
+		ConfirmTimeout:    cfg.ConfirmTimeout,
+		MaxAttempts:       cfg.MaxAttempts,
+		RetryBase:         cfg.RetryBase,
+		RetryMax:          cfg.RetryMax,
+		ReconnectMin:      cfg.ReconnectMin,
+		ReconnectMax:      cfg.ReconnectMax,
+		Heartbeat:         cfg.Heartbeat,
+		MaxPayloadBytes:   cfg.MaxPayloadBytes,
+		ShutdownTimeout:   cfg.ShutdownTimeout,
+		OrderingPolicy:    relay.OrderingPolicy(cfg.OrderingPolicy),
+		StrictOrdering:    cfg.StrictOrdering,
+		MaxBatchBytes:     cfg.MaxBatchBytes,
+		RescanInterval:    cfg.RescanInterval,
+		Retention:         cfg.Retention,
+		RetentionInterval: cfg.RetentionInterval,
+		RetentionBatch:    cfg.RetentionBatch,
+		ListenDatabaseURL: cfg.ListenDatabaseURL,
+		StatsInterval:     cfg.StatsInterval,
+		Logger:            e.log,
+		Registerer:        reg,
+		TracerProvider:    tp,
+	}
+}
+
+// serveHTTP serves h on addr until stop, which waits up to 5 s for
+// requests in flight.
+func serveHTTP(ctx context.Context, e *env, addr string, h http.Handler) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("http_addr: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			e.log.Error("http server failed", "err", err)
+		}
+	}()
+	e.log.Info("http listening", "addr", ln.Addr().String())
+	return func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}, nil
 }
