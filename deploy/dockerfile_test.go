@@ -101,16 +101,25 @@ func checkNonRoot(t *testing.T, s instructions.Stage) {
 func entrypoint(s instructions.Stage) []string { return cmdLines(s)[0] }
 func cmd(s instructions.Stage) []string        { return cmdLines(s)[1] }
 
+// cmdLines reads the exec (JSON) form only: a shell form runs /bin/sh,
+// which a distroless image does not have, so it reads as nothing.
 func cmdLines(s instructions.Stage) (out [2][]string) {
 	for _, c := range s.Commands {
 		switch c := c.(type) {
 		case *instructions.EntrypointCommand:
-			out[0] = c.CmdLine
+			out[0] = execForm(c.ShellDependantCmdLine)
 		case *instructions.CmdCommand:
-			out[1] = c.CmdLine
+			out[1] = execForm(c.ShellDependantCmdLine)
 		}
 	}
 	return out
+}
+
+func execForm(c instructions.ShellDependantCmdLine) []string {
+	if c.PrependShell {
+		return nil
+	}
+	return c.CmdLine
 }
 
 func exposed(s instructions.Stage) []string {

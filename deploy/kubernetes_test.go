@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"strconv"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -37,8 +38,8 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Fatalf("want one Deployment, one Job, one Service; got %d, %d, %d", len(m.deployments), len(m.jobs), len(m.services))
 	}
 	d := m.deployments[0]
-	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
-		t.Errorf("Deployment %s: replicas %v, want 2", d.Name, d.Spec.Replicas)
+	if r := d.Spec.Replicas; r == nil || *r != 2 {
+		t.Errorf("Deployment %s: replicas %s, want 2", d.Name, ptrString(r))
 	}
 	checkRelayContainer(t, d.Spec.Template.Spec, "run")
 	checkRelayContainer(t, m.jobs[0].Spec.Template.Spec, "migrate")
@@ -110,4 +111,11 @@ func stripComments(doc []byte) []byte {
 		}
 	}
 	return out
+}
+
+func ptrString(p *int32) string {
+	if p == nil {
+		return "unset"
+	}
+	return strconv.Itoa(int(*p))
 }
