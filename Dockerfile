@@ -1,11 +1,14 @@
 # syntax=docker/dockerfile:1
-# Build:  docker build -t outboxrelay:dev --build-arg VERSION=v1.2.3 .
+# Build:  docker build -t outboxrelay:v1.2.3 --build-arg VERSION=v1.2.3 .
+#         (untagged: --build-arg VERSION="$(git describe --tags --always --dirty)")
 #         docker build --target orders-consumer -t outboxrelay-orders-consumer:dev .
 # Run:    docker compose up (see docker-compose.yml)
 
 FROM golang:1.26 AS source
 WORKDIR /src
-ENV CGO_ENABLED=0 GOFLAGS=-mod=readonly
+# CGO off: a static binary, which the distroless static image needs (no libc).
+# No .git in the context (.dockerignore): VERSION carries the version instead.
+ENV CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 # Dependencies first, so source edits do not invalidate the module cache layer.
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
@@ -28,15 +31,19 @@ RUN --mount=type=cache,target=/go/pkg/mod \
 
 FROM gcr.io/distroless/static-debian12:nonroot AS orders-consumer
 COPY --from=build-orders-consumer /orders-consumer /usr/local/bin/orders-consumer
-USER nonroot:nonroot
+USER 65532:65532
 # Configured by ORDERS_DATABASE_URL and ORDERS_AMQP_URL (see -help).
 ENTRYPOINT ["orders-consumer"]
 
 # The relay stays the last stage: a build without --target builds it.
 FROM gcr.io/distroless/static-debian12:nonroot AS relay
 COPY --from=build /relay /usr/local/bin/relay
-USER nonroot:nonroot
-# /metrics, /healthz, /readyz (set RELAY_HTTP_ADDR=:9600 inside a container)
+# distroless's "nonroot" user, by number: Kubernetes' runAsNonRoot can only
+# verify a numeric USER.
+USER 65532:65532
+# /metrics, /healthz, /readyz on every interface of the container (the
+# binary's own default, 127.0.0.1:9600, is unreachable from outside it).
+ENV RELAY_HTTP_ADDR=:9600
 EXPOSE 9600
 ENTRYPOINT ["relay"]
 CMD ["run"]

@@ -5,6 +5,13 @@
 # orders, watch them applied to orders_applied, publish one of them again and
 # show that the copy is acked as a duplicate and applies nothing.
 #
+# Least privilege (README "Roles and grants"): the services' admin role
+# `outbox` owns the tables (it migrates, grants, and creates the demo's
+# application tables); the relay runs as demo_relay, the consumer as
+# demo_consumer and the demo's inserts as demo_app, each with only the
+# rights `relay migrate --…-role` grants (and the consumer SELECT, INSERT on
+# its own table orders_applied).
+#
 # Expects bin/relay and bin/orders-consumer (make build). Run via `make demo`
 # or scripts/demo.sh. Re-runnable: each run stops the previous demo relay and
 # consumer and empties the demo's table orders_applied.
@@ -32,6 +39,9 @@ QUEUE=demo.orders
 MGMT_USER=outbox
 MGMT_PASS=outbox-secret-pw
 MGMT= # this checkout's management URL, from .services/env
+APP_ROLE=demo_app
+RELAY_ROLE=demo_relay
+CONSUMER_ROLE=demo_consumer
 
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'demo: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -62,16 +72,30 @@ mgmt() {
 	rm -f "$out"
 }
 
-# sql QUERY: run one statement against the demo database, print the result
-# unaligned and without headers.
+# sql QUERY: run one statement against the demo database as the owner,
+# print the result unaligned and without headers.
 sql() { psql -X -q -A -t -v ON_ERROR_STOP=1 -c "$1" "$RELAY_TEST_DATABASE_URL"; }
 
-# psql_shown: print the SQL script on stdin, indented, then run it with psql.
+# role_url ROLE: the demo database's URL, logging in as ROLE (its password
+# is ROLE-pw; a local demo, on loopback).
+role_url() { printf '%s' "$RELAY_TEST_DATABASE_URL" | sed -E "s#//[^@/]*@#//$1:$1-pw@#"; }
+
+# ensure_role ROLE: create the login role if missing (no superuser, no
+# CREATEDB, no CREATEROLE) and (re)set its password.
+ensure_role() {
+	if [ -z "$(sql "SELECT 1 FROM pg_roles WHERE rolname = '$1'")" ]; then
+		sql "CREATE ROLE $1 LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE" >/dev/null
+	fi
+	sql "ALTER ROLE $1 LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$1-pw'" >/dev/null
+}
+
+# psql_shown: print the SQL script on stdin, indented, then run it with psql
+# as the application's role.
 psql_shown() {
 	local script
 	script="$(cat)"
 	printf '%s\n\n' "$script" | sed 's/^/    /'
-	printf '%s\n' "$script" | psql -X -v ON_ERROR_STOP=1 "$RELAY_TEST_DATABASE_URL"
+	printf '%s\n' "$script" | psql -X -v ON_ERROR_STOP=1 "$(role_url "$APP_ROLE")"
 }
 
 # consumer_log: what the consumer wrote since this run started it.
@@ -154,12 +178,19 @@ export RELAY_AMQP_URL="$RELAY_TEST_AMQP_URL"
 export RELAY_HTTP_ADDR="$HTTP_ADDR"
 export PGCLIENTENCODING=UTF8
 
-step "Applying migrations: bin/relay migrate"
-"$RELAY_BIN" migrate
+step "Creating the least-privilege login roles $APP_ROLE, $RELAY_ROLE, $CONSUMER_ROLE (password: the name + '-pw')"
+for role in "$APP_ROLE" "$RELAY_ROLE" "$CONSUMER_ROLE"; do ensure_role "$role"; done
 
-step "Creating the application's table 'orders' (the README's samples write to it)"
-echo "CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, total_cents bigint NOT NULL)"
+step "Applying migrations and grants as the owner: bin/relay migrate --app-role $APP_ROLE --relay-role $RELAY_ROLE --consumer-role $CONSUMER_ROLE"
+"$RELAY_BIN" migrate --app-role "$APP_ROLE" --relay-role "$RELAY_ROLE" --consumer-role "$CONSUMER_ROLE"
+
+step "Creating the application's tables as the owner: 'orders' (the README's samples write to it), 'orders_applied' (the consumer's)"
+echo "CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, total_cents bigint NOT NULL); GRANT INSERT ON orders TO $APP_ROLE"
 sql 'CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, total_cents bigint NOT NULL)' >/dev/null
+sql "GRANT INSERT ON orders TO $APP_ROLE" >/dev/null
+echo "bin/orders-consumer -setup; GRANT SELECT, INSERT ON orders_applied TO $CONSUMER_ROLE"
+"$CONSUMER_BIN" -setup -database-url "$RELAY_TEST_DATABASE_URL"
+sql "GRANT SELECT, INSERT ON orders_applied TO $CONSUMER_ROLE" >/dev/null
 
 step "Declaring durable quorum queue '$QUEUE' (management API)"
 echo "PUT $MGMT/api/queues/%2F/$QUEUE {\"durable\":true,\"arguments\":{\"x-queue-type\":\"quorum\"}}"
@@ -168,7 +199,7 @@ mgmt PUT "/api/queues/%2F/$QUEUE" '{"durable":true,"arguments":{"x-queue-type":"
 # Leftovers from an earlier demo run would confuse the count below.
 mgmt DELETE "/api/queues/%2F/$QUEUE/contents" >/dev/null || true
 
-step "Starting the relay in the background (log: $RELAY_LOG)"
+step "Starting the relay in the background as $RELAY_ROLE (log: $RELAY_LOG)"
 scripts/services.sh demo-stop # an earlier run's consumer and relay
 if curl -fs -o /dev/null --max-time 2 "http://$HTTP_ADDR/readyz" 2>/dev/null ||
 	(exec 3<>"/dev/tcp/${HTTP_ADDR%:*}/${HTTP_ADDR##*:}") 2>/dev/null; then
@@ -176,7 +207,7 @@ if curl -fs -o /dev/null --max-time 2 "http://$HTTP_ADDR/readyz" 2>/dev/null ||
 fi
 mkdir -p "$STATE"
 printf '\n---- demo relay started %s\n' "$(date -u +%FT%TZ)" >>"$RELAY_LOG"
-setsid nohup "$RELAY_BIN" run </dev/null >>"$RELAY_LOG" 2>&1 &
+RELAY_DATABASE_URL="$(role_url "$RELAY_ROLE")" setsid nohup "$RELAY_BIN" run </dev/null >>"$RELAY_LOG" 2>&1 &
 relay_pid=$!
 echo "$relay_pid" >"$RELAY_PID_FILE"
 echo "relay pid $relay_pid"
@@ -207,14 +238,14 @@ echo "relay is ready"
 step "Starting Prometheus (Debian's prometheus, rules from deploy/prometheus/rules.yml) on http://$PROM_ADDR/"
 start_prometheus
 
-step "Inserting 3 outbox rows in ONE transaction (plain SQL via psql)"
+step "Inserting 3 outbox rows in ONE transaction (plain SQL via psql, as $APP_ROLE)"
 psql_shown <<'EOF'
 BEGIN;
 INSERT INTO outbox (exchange, routing_key, payload) VALUES
   ('', 'demo.orders', convert_to('{"order":1,"note":"café \\ backslash"}', 'UTF8')),
   ('', 'demo.orders', convert_to('{"order":2,"note":"naïve \"quotes\""}', 'UTF8')),
   ('', 'demo.orders', convert_to('{"order":3,"note":"€ 42 ✓"}', 'UTF8'))
-RETURNING id, message_id, convert_from(payload, 'UTF8') AS payload;
+RETURNING id, message_id;
 COMMIT;
 EOF
 
@@ -254,7 +285,7 @@ echo "all 3 messages arrived"
 # ------------------------------------------------------------------------
 # Part 2: the consuming side, through the inbox.
 
-step "Starting the orders consumer (bin/orders-consumer) in the background (log: $CONSUMER_LOG)"
+step "Starting the orders consumer (bin/orders-consumer) in the background as $CONSUMER_ROLE (log: $CONSUMER_LOG)"
 # Orders an earlier run left unconsumed would be applied on top of this run's.
 if mgmt GET "/api/queues/%2F/$ORDERS_QUEUE" >/dev/null 2>&1; then
 	mgmt DELETE "/api/queues/%2F/$ORDERS_QUEUE/contents" >/dev/null || die "could not purge $ORDERS_QUEUE"
@@ -262,7 +293,7 @@ fi
 consumer_log_start="$(stat -c %s "$CONSUMER_LOG" 2>/dev/null || echo 0)"
 printf '\n---- demo consumer started %s\n' "$(date -u +%FT%TZ)" >>"$CONSUMER_LOG"
 # Debug level: the inbox logs each duplicate it acks at debug.
-ORDERS_DATABASE_URL="$RELAY_TEST_DATABASE_URL" ORDERS_AMQP_URL="$RELAY_TEST_AMQP_URL" ORDERS_LOG_LEVEL=debug \
+ORDERS_DATABASE_URL="$(role_url "$CONSUMER_ROLE")" ORDERS_AMQP_URL="$RELAY_TEST_AMQP_URL" ORDERS_LOG_LEVEL=debug \
 	setsid nohup "$CONSUMER_BIN" </dev/null >>"$CONSUMER_LOG" 2>&1 &
 consumer_pid=$!
 echo "$consumer_pid" >"$CONSUMER_PID_FILE"
@@ -277,14 +308,14 @@ step "Emptying the demo table orders_applied, so that orders 1001-1003 apply aga
 echo "TRUNCATE orders_applied"
 sql 'TRUNCATE orders_applied' >/dev/null
 
-step "Inserting 3 orders into the outbox in ONE transaction (plain SQL via psql)"
+step "Inserting 3 orders into the outbox in ONE transaction (plain SQL via psql, as $APP_ROLE)"
 psql_shown <<'EOF'
 BEGIN;
 INSERT INTO outbox (exchange, routing_key, payload) VALUES
   ('orders', 'order.created', convert_to('{"order_id":1001,"total_cents":1999}', 'UTF8')),
   ('orders', 'order.created', convert_to('{"order_id":1002,"total_cents":4550}', 'UTF8')),
   ('orders', 'order.created', convert_to('{"order_id":1003,"total_cents":12000}', 'UTF8'))
-RETURNING id, message_id, convert_from(payload, 'UTF8') AS payload;
+RETURNING id, message_id;
 COMMIT;
 EOF
 

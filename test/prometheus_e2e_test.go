@@ -35,13 +35,7 @@ import (
 // firing.
 func TestDashboardAndRulesOnARealPrometheus(t *testing.T) {
 	t.Parallel()
-	bin, err := exec.LookPath("prometheus")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("prometheus is not installed (make rules installs Debian's package)")
-		}
-		t.Skip("prometheus is not installed: run make rules")
-	}
+	bin := testenv.Tool(t, "prometheus", "make rules installs Debian's package")
 	env := testenv.Services(t)
 	dsn := testenv.NewSchema(t, true)
 	pool := testenv.Pool(t, dsn)

@@ -2,12 +2,8 @@ package test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -19,32 +15,6 @@ import (
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
-
-// loginRole creates a LOGIN role with a random password, dropped (with
-// its grants) when the test ends, and returns its name and a URL for it.
-func loginRole(t *testing.T, admin *pgxpool.Pool, base, prefix string) (string, string) {
-	t.Helper()
-	ctx := context.Background()
-	name := testenv.Name(prefix)
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	password := hex.EncodeToString(b)
-	if _, err := admin.Exec(ctx, fmt.Sprintf("CREATE ROLE %s LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '%s'", name, password)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		// Runs after the role's connections (registered later) closed.
-		if _, err := admin.Exec(context.Background(), "DROP OWNED BY "+name+"; DROP ROLE "+name); err != nil {
-			t.Errorf("drop role %s: %v", name, err)
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.User = url.UserPassword(name, password)
-	return name, u.String()
-}
 
 // Acceptance 3 (issue 11): an application with insert-only rights
 // (keyed and unkeyed rows, plain SQL and outbox.Enqueue), a relay process
@@ -60,10 +30,10 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	}
 	t.Cleanup(admin.Close) // last: the roles are dropped through it
 
-	owner, ownerURL := loginRole(t, admin, env.DatabaseURL, "owner")
-	app, appURL := loginRole(t, admin, env.DatabaseURL, "app")
-	relayRole, relayURL := loginRole(t, admin, env.DatabaseURL, "relay")
-	consumerRole, consumerURL := loginRole(t, admin, env.DatabaseURL, "consumer")
+	owner, ownerURL := testenv.LoginRole(t, admin, env.DatabaseURL, "owner")
+	app, appURL := testenv.LoginRole(t, admin, env.DatabaseURL, "app")
+	relayRole, relayURL := testenv.LoginRole(t, admin, env.DatabaseURL, "relay")
+	consumerRole, consumerURL := testenv.LoginRole(t, admin, env.DatabaseURL, "consumer")
 	schema := testenv.Name("relay")
 	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema+" AUTHORIZATION "+owner); err != nil {
 		t.Fatal(err)

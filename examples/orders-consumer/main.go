@@ -8,6 +8,12 @@
 //
 // Every flag can also be set through the environment variable named in its
 // help. The database must have the inbox table (`relay migrate`).
+//
+// The consumer creates orders_applied if it is missing, which needs CREATE
+// on the schema. Under a least-privilege role (README "Roles and grants"),
+// run it once with -setup as the table's owner (it creates the table and
+// exits), grant the consumer's role SELECT, INSERT on orders_applied, and
+// run it as that role: an existing table is left alone.
 package main
 
 import (
@@ -72,12 +78,13 @@ func run(log *slog.Logger, level *slog.LevelVar) error {
 		binding  = envFlag("binding", "ORDERS_BINDING", "order.created", "binding keys, comma-separated")
 		name     = envFlag("name", "ORDERS_CONSUMER", "orders-applier", "consumer name in the inbox table")
 		logLevel = envFlag("log-level", "ORDERS_LOG_LEVEL", "info", "debug, info, warn or error; debug also logs each duplicate the inbox acks unhandled")
+		setup    = flag.Bool("setup", false, "create the table orders_applied if missing, then exit (run as the table's owner)")
 	)
 	flag.Parse()
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)
 	}
-	if *dbURL == "" || *amqpURL == "" {
+	if *dbURL == "" || (*amqpURL == "" && !*setup) {
 		return errors.New("-database-url and -amqp-url are required")
 	}
 	urls := strings.Split(*amqpURL, ",")
@@ -90,8 +97,12 @@ func run(log *slog.Logger, level *slog.LevelVar) error {
 		return fmt.Errorf("database: %w", err)
 	}
 	defer pool.Close()
-	if _, err := pool.Exec(ctx, createTable); err != nil {
-		return fmt.Errorf("create orders_applied: %w", err)
+	if err := ensureTable(ctx, pool); err != nil {
+		return err
+	}
+	if *setup {
+		log.Info("table orders_applied ready")
+		return nil
 	}
 	if err := declare(ctx, urls[0], inbox.Topology{Exchange: *exchange, Queue: *queue, BindingKeys: strings.Split(*binding, ",")}); err != nil {
 		return err
@@ -150,4 +161,21 @@ func declare(ctx context.Context, url string, t inbox.Topology) error {
 		return fmt.Errorf("broker: %w", err)
 	}
 	return inbox.DeclareTopology(ctx, ch, t)
+}
+
+// ensureTable creates orders_applied unless it exists. It looks first:
+// CREATE TABLE IF NOT EXISTS needs CREATE on the schema even when the table
+// is there, and a least-privilege consumer role has no such right.
+func ensureTable(ctx context.Context, pool *pgxpool.Pool) error {
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass('orders_applied') IS NOT NULL`).Scan(&exists); err != nil {
+		return fmt.Errorf("look for orders_applied: %w", err)
+	}
+	if exists {
+		return nil
+	}
+	if _, err := pool.Exec(ctx, createTable); err != nil {
+		return fmt.Errorf("create orders_applied: %w", err)
+	}
+	return nil
 }

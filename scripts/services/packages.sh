@@ -56,6 +56,8 @@ ensure_packages() {
 	command -v openssl >/dev/null 2>&1 || want+=(openssl) # the test certificates
 	# The pooler tests run their own pgbouncer processes.
 	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || want+=(pgbouncer)
+	# go test ./deploy checks the systemd units with systemd-analyze verify.
+	command -v systemd-analyze >/dev/null 2>&1 || want+=(systemd)
 	if [ "${#want[@]}" -gt 0 ]; then
 		apt_install "${want[@]}"
 		PG_BIN="$(find_pg_bin)"

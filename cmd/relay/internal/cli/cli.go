@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -20,9 +19,6 @@ import (
 	"github.com/outboxrelay/outboxrelay/config"
 	"github.com/outboxrelay/outboxrelay/internal/redact"
 )
-
-// Version is set at build time with -ldflags "-X .../internal/cli.Version=v1.2.3".
-var Version = "dev"
 
 // Exit codes.
 const (
@@ -208,17 +204,8 @@ type usageError struct{ msg string }
 func (u usageError) Error() string { return u.msg }
 
 func runVersion(_ context.Context, e *env, _ config.Config, _ *pflag.FlagSet) error {
-	rev := "unknown"
-	goVersion := "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		goVersion = bi.GoVersion
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				rev = s.Value
-			}
-		}
-	}
-	fmt.Fprintf(e.stdout, "relay %s (commit %s, %s)\n", Version, rev, goVersion)
+	b := binaryInfo()
+	fmt.Fprintf(e.stdout, "relay %s (commit %s, %s)\n", b.version, b.commit, b.goVersion)
 	return nil
 }
 

@@ -16,13 +16,7 @@ import (
 // environment (PGOPTIONS).
 func psql(t *testing.T, dsn, script string, env ...string) {
 	t.Helper()
-	bin, err := exec.LookPath("psql")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("psql not found (CI=true makes this a failure)")
-		}
-		t.Skip("psql not found")
-	}
+	bin := testenv.Tool(t, "psql", "Debian package postgresql-client")
 	cmd := exec.Command(bin, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-", dsn)
 	cmd.Stdin = strings.NewReader(script)
 	cmd.Env = append(os.Environ(), env...)

@@ -40,7 +40,7 @@ func runRelay(ctx context.Context, e *env, cfg config.Config, _ *pflag.FlagSet) 
 	poolCfg.MaxConns = int32(cfg.Workers + 4)
 	warnUnverified(e.log, &poolCfg.ConnConfig.Config, cfg.ListenDatabaseURL, cfg.AMQPURLs)
 	setMemoryLimit(e, cfg)
-	tp, stopTracing, err := setupTracing(ctx, os.Getenv, Version)
+	tp, stopTracing, err := setupTracing(ctx, os.Getenv, binaryInfo().version)
 	if err != nil {
 		return err
 	}
