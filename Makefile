@@ -24,8 +24,9 @@ build: ## build bin/relay and bin/orders-consumer (the inbox example)
 	$(GO) build -trimpath -o bin/orders-consumer ./examples/orders-consumer
 
 .PHONY: lint
-lint: ## go vet and gofmt
+lint: ## go vet (both modules) and gofmt
 	$(GO) vet ./...
+	cd deploy && $(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
@@ -35,8 +36,13 @@ test: ## install and start the services, lint, run every test with the race dete
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory rules
 	. $(ENV_FILE) && $(GO) test -race -count=1 -timeout 15m ./...
+	@$(MAKE) --no-print-directory deploy-check
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	@$(MAKE) --no-print-directory fault
+
+.PHONY: deploy-check
+deploy-check: ## check docker-compose.yml, the Dockerfile, the Kubernetes manifests and the systemd units with real parsers (module deploy/)
+	cd deploy && CI=$${CI:-} $(GO) test -race -count=1 ./...
 
 .PHONY: rules
 rules: ## check and unit-test the Prometheus rules (deploy/prometheus), installing Debian's prometheus if promtool is absent
