@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/outboxrelay/outboxrelay/internal/defaults"
 	"github.com/outboxrelay/outboxrelay/internal/redact"
 )
 
@@ -139,34 +140,24 @@ type testHooks struct {
 }
 
 func (c *Config) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	defInt := func(d *int, v int) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	defInt(&c.Concurrency, 1)
-	defInt(&c.Prefetch, 2*c.Concurrency)
-	defInt(&c.MaxAttempts, 5)
-	defInt(&c.BreakerThreshold, 10)
-	defInt(&c.RetentionBatch, 1000)
+	defaults.Set(&c.Concurrency, 1)
+	defaults.Set(&c.Prefetch, 2*c.Concurrency)
+	defaults.Set(&c.MaxAttempts, 5)
+	defaults.Set(&c.BreakerThreshold, 10)
+	defaults.Set(&c.RetentionBatch, 1000)
 	if len(c.RetryDelays) == 0 {
 		c.RetryDelays = DefaultRetryDelays
 	}
 	c.RetryDelays = append([]time.Duration(nil), c.RetryDelays...) // the caller's slice stays theirs
-	def(&c.HandlerTimeout, 30*time.Second)
-	def(&c.ConfirmTimeout, 30*time.Second)
-	def(&c.BreakerCooldown, 30*time.Second)
-	def(&c.IsolationPeriod, time.Minute)
-	def(&c.RetentionWindow, 7*24*time.Hour)
-	def(&c.RetentionInterval, time.Hour)
-	def(&c.ReconnectMin, 100*time.Millisecond)
-	def(&c.ReconnectMax, 15*time.Second)
-	def(&c.Heartbeat, 10*time.Second)
+	defaults.Set(&c.HandlerTimeout, 30*time.Second)
+	defaults.Set(&c.ConfirmTimeout, 30*time.Second)
+	defaults.Set(&c.BreakerCooldown, 30*time.Second)
+	defaults.Set(&c.IsolationPeriod, time.Minute)
+	defaults.Set(&c.RetentionWindow, 7*24*time.Hour)
+	defaults.Set(&c.RetentionInterval, time.Hour)
+	defaults.Set(&c.ReconnectMin, 100*time.Millisecond)
+	defaults.Set(&c.ReconnectMax, 15*time.Second)
+	defaults.Set(&c.Heartbeat, 10*time.Second)
 	if c.ConnectionName == "" {
 		host, _ := os.Hostname()
 		c.ConnectionName = fmt.Sprintf("outbox-inbox %s %s/%d", c.Name, host, os.Getpid())

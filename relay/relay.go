@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outboxrelay/outboxrelay/internal/backoff"
+	"github.com/outboxrelay/outboxrelay/internal/defaults"
 	"github.com/outboxrelay/outboxrelay/internal/tracing"
 )
 
@@ -124,35 +125,25 @@ type BatchResult struct {
 }
 
 func (c *Config) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	defInt := func(d *int, v int) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	defInt(&c.BatchSize, 500)
-	defInt(&c.Workers, 2)
-	defInt(&c.MaxAttempts, 10)
-	defInt(&c.MaxPayloadBytes, 16<<20)
+	defaults.Set(&c.BatchSize, 500)
+	defaults.Set(&c.Workers, 2)
+	defaults.Set(&c.MaxAttempts, 10)
+	defaults.Set(&c.MaxPayloadBytes, 16<<20)
 	if c.MaxBatchBytes == 0 {
 		c.MaxBatchBytes = max(16<<20, int64(c.MaxPayloadBytes))
 	}
-	def(&c.PollInterval, time.Second)
-	def(&c.ConfirmTimeout, 30*time.Second)
-	def(&c.RetryBase, time.Second)
-	def(&c.RetryMax, 5*time.Minute)
-	def(&c.ReconnectMin, 100*time.Millisecond)
-	def(&c.ReconnectMax, 15*time.Second)
-	def(&c.Heartbeat, 10*time.Second)
-	def(&c.ShutdownTimeout, 10*time.Second)
-	def(&c.StatsInterval, 15*time.Second)
-	def(&c.RescanInterval, time.Second)
-	def(&c.RetentionInterval, time.Minute)
-	defInt(&c.RetentionBatch, 1000)
+	defaults.Set(&c.PollInterval, time.Second)
+	defaults.Set(&c.ConfirmTimeout, 30*time.Second)
+	defaults.Set(&c.RetryBase, time.Second)
+	defaults.Set(&c.RetryMax, 5*time.Minute)
+	defaults.Set(&c.ReconnectMin, 100*time.Millisecond)
+	defaults.Set(&c.ReconnectMax, 15*time.Second)
+	defaults.Set(&c.Heartbeat, 10*time.Second)
+	defaults.Set(&c.ShutdownTimeout, 10*time.Second)
+	defaults.Set(&c.StatsInterval, 15*time.Second)
+	defaults.Set(&c.RescanInterval, time.Second)
+	defaults.Set(&c.RetentionInterval, time.Minute)
+	defaults.Set(&c.RetentionBatch, 1000)
 	if c.OrderingPolicy == "" {
 		c.OrderingPolicy = OrderingBlock
 	}
