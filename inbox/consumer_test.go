@@ -114,7 +114,10 @@ func TestTransientFailuresAreRetriedThroughTheBroker(t *testing.T) {
 		return applyHandler(ctx, tx, m)
 	}, setupOpts{exchange: true})
 	id := uuid.NewString()
-	b.publish(t, b.exchange, "order.created", id, "order 3")
+	b.send(t, b.exchange, "order.created", amqp.Publishing{
+		MessageId: id, Body: []byte("order 3"), ContentType: "text/plain", DeliveryMode: amqp.Persistent,
+		Type: "order.created", CorrelationId: "corr-3", ReplyTo: "replies", Priority: 4, AppId: "shop",
+	})
 	b.events.wait(t, "the message applied", func(evs []inbox.Event) bool {
 		return count(evs, inbox.EventApplied, id) == 1
 	})
@@ -127,6 +130,10 @@ func TestTransientFailuresAreRetriedThroughTheBroker(t *testing.T) {
 	for i, m := range seen {
 		if m.Attempt != i+1 {
 			t.Errorf("call %d: attempt %d", i+1, m.Attempt)
+		}
+		// The AMQP properties reach the handler, on the retry copies too.
+		if m.Type != "order.created" || m.CorrelationID != "corr-3" || m.ReplyTo != "replies" || m.Priority != 4 || m.AppID != "shop" {
+			t.Errorf("attempt %d: properties type %q correlation %q reply_to %q priority %d app %q", m.Attempt, m.Type, m.CorrelationID, m.ReplyTo, m.Priority, m.AppID)
 		}
 		if m.Exchange != b.exchange || m.RoutingKey != "order.created" {
 			t.Errorf("attempt %d: exchange %q routing key %q, want the original ones", m.Attempt, m.Exchange, m.RoutingKey)

@@ -41,6 +41,14 @@ type Message struct {
 	// the header may be a publisher's, and the message starts at 1.
 	Attempt   int
 	Timestamp time.Time
+	// The AMQP properties the producer set (an outbox row's type,
+	// correlation_id, reply_to, priority and app_id columns); empty or 0
+	// when not set. Retry copies keep them.
+	Type          string
+	CorrelationID string
+	ReplyTo       string
+	Priority      uint8
+	AppID         string
 }
 
 // Headers the consumer sets on the copies it publishes to retry queues and
@@ -176,6 +184,12 @@ func newMessage(d amqp.Delivery, trusted bool) Message {
 		RoutingKey:  stringHeader(h, HeaderOriginalRoutingKey, d.RoutingKey),
 		Attempt:     attemptsOf(h) + 1,
 		Timestamp:   d.Timestamp,
+
+		Type:          d.Type,
+		CorrelationID: d.CorrelationId,
+		ReplyTo:       d.ReplyTo,
+		Priority:      d.Priority,
+		AppID:         d.AppId,
 	}
 }
 

@@ -122,9 +122,16 @@ func (b *testBundle) publish(t *testing.T, exchange, key, id, body string) {
 // publishHeaders is publish with headers.
 func (b *testBundle) publishHeaders(t *testing.T, exchange, key, id, body string, h amqp.Table) {
 	t.Helper()
-	dc, err := b.ch.PublishWithDeferredConfirm(exchange, key, true, false, amqp.Publishing{
+	b.send(t, exchange, key, amqp.Publishing{
 		MessageId: id, Body: []byte(body), Headers: h, ContentType: "text/plain", DeliveryMode: amqp.Persistent,
 	})
+}
+
+// send publishes p and waits for the broker's confirm.
+func (b *testBundle) send(t *testing.T, exchange, key string, p amqp.Publishing) {
+	t.Helper()
+	id := p.MessageId
+	dc, err := b.ch.PublishWithDeferredConfirm(exchange, key, true, false, p)
 	if err != nil {
 		t.Fatal(err)
 	}
