@@ -22,7 +22,8 @@ const attrDeadReason = attribute.Key("outboxrelay.dead_reason")
 // no-op span ctx already holds.
 func (c *Consumer) startProcess(ctx context.Context, d amqp.Delivery, m Message) (context.Context, trace.Span) {
 	if !c.tracer.On {
-		return ctx, trace.SpanFromContext(ctx)
+		// A span of nobody's: ending it must not end the caller's.
+		return ctx, trace.SpanFromContext(context.Background())
 	}
 	ctx = c.tracer.Extract(ctx, d.Headers)
 	return c.tracer.Start(ctx, "process "+c.cfg.Queue,

@@ -1,5 +1,12 @@
 -- +goose Up
 
+-- The ALTER below takes the table's exclusive lock. It waits behind relay
+-- batches in flight (each holds its rows until the broker confirms), and
+-- every insert of the application would queue behind the waiting ALTER:
+-- give up after 5 s instead. `relay migrate` then fails naming the lock
+-- timeout and can simply be run again.
+SET LOCAL lock_timeout = '5s';
+
 -- Optional AMQP basic properties, one nullable column each, named after the
 -- property. NULL (or '' for the text columns, 0 for priority) means "not
 -- sent". Separate columns rather than one jsonb: a plain-SQL writer sets

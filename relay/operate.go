@@ -38,7 +38,12 @@ const (
 UPDATE outbox SET available_at = now()
 WHERE id = ANY($1) AND published_at IS NULL AND dead_at IS NULL
 RETURNING id`
-	wakeRelays = `SELECT pg_notify(current_schema() || '.outbox', '')`
+	// The channel the insert trigger notifies: named after the schema of
+	// the outbox table this connection's search_path finds, which need
+	// not be its current schema.
+	wakeRelays = `SELECT pg_notify(n.nspname || '.outbox', '')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = 'outbox'::regclass`
 )
 
 // RetryNow makes the pending rows with the given ids (waiting for a retry,

@@ -18,7 +18,7 @@ type progress struct {
 // (nothing moved, nothing pending) stays quiet.
 func (r *Relay) logProgress(st Status) {
 	published, failed := r.progress.published.Swap(0), r.progress.failed.Swap(0)
-	if published == 0 && failed == 0 && st.Pending == 0 {
+	if published == 0 && failed == 0 && st.Due == 0 { // idle, or only rows not due yet
 		return
 	}
 	r.log.Info("progress", "interval", r.cfg.StatsInterval, "published", published, "failed", failed,

@@ -687,12 +687,17 @@ func (w *worker) connectionLost(sent, lost []int, outs []outcome) error {
 	if !w.blameable() {
 		return errConnectionLost
 	}
+	// blameable found a server's hard error on the channel or, failing
+	// that, on its connection: say whichever it was.
 	e := w.channelError()
+	if e == nil || !e.Server {
+		e = w.connectionError()
+	}
 	// A lone row is to blame when it was alone on the connection
 	// (exclusive).
 	if w.exclusive && len(sent) == 1 && len(lost) == 1 {
 		i := lost[0]
-		outs[i] = failed(reasonConnectionLost, "the broker connection died while this row was published alone: %s", e.Error())
+		outs[i] = failed(reasonConnectionLost, "the broker connection died while this row was published alone: %v", e)
 		return errConnectionLost
 	}
 	suspect(lost, outs)

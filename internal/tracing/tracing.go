@@ -51,9 +51,11 @@ func Enabled(tp trace.TracerProvider) bool {
 	return tp != unsetGlobal
 }
 
-// Extract returns ctx carrying the span context found in h.
+// Extract returns ctx carrying the span context found in h, and no other:
+// a message without one starts a trace of its own, never a child of
+// whatever span ctx held (the span around the caller's Run).
 func (t Tracer) Extract(ctx context.Context, h amqp.Table) context.Context {
-	return t.Prop.Extract(ctx, TableCarrier(h))
+	return t.Prop.Extract(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), TableCarrier(h))
 }
 
 // Inject writes ctx's span context into h, which must not be nil.
