@@ -63,30 +63,30 @@ func envVars(e *Env) map[string]*string {
 }
 
 var (
-	once    sync.Once
-	env     Env
-	envErr  error
-	rootDir string
+	once   sync.Once
+	env    Env
+	envErr error
 )
 
-// Root returns the repository root (the folder holding go.mod).
-func Root() string {
-	if rootDir != "" {
-		return rootDir
-	}
+// Root returns the repository root: the folder holding the go.mod of
+// module github.com/outboxrelay/outboxrelay (deploy/ has a go.mod of its
+// own). Tests in parallel ask at once: it is worked out once.
+func Root() string { return root() }
+
+var root = sync.OnceValue(func() string {
 	dir, _ := os.Getwd()
 	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			rootDir = dir
+		mod, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.HasPrefix(string(mod), "module github.com/outboxrelay/outboxrelay\n") {
 			return dir
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			panic("testenv: go.mod not found above the working directory")
+			panic("testenv: the go.mod of github.com/outboxrelay/outboxrelay is not above the working directory")
 		}
 		dir = parent
 	}
-}
+})
 
 func load() (Env, error) {
 	var e Env
