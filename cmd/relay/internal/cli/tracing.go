@@ -38,6 +38,11 @@ func tracingWanted(getenv func(string) string) (bool, error) {
 	default:
 		return false, fmt.Errorf("OTEL_TRACES_EXPORTER: %q is not supported (otlp or none)", exp)
 	}
+	if !on {
+		// A protocol variable injected for other services (grpc, say)
+		// must not stop a relay that exports nothing.
+		return false, nil
+	}
 	for _, key := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
 		if p := strings.TrimSpace(getenv(key)); p != "" {
 			if p != "http/protobuf" {
