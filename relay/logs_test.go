@@ -1,11 +1,9 @@
 package relay_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,23 +12,10 @@ import (
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
-// logBuffer collects JSON log lines from the relay's goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// find returns the first line with message msg for which ok holds.
-func (l *logBuffer) find(msg string, ok func(map[string]any) bool) map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, line := range strings.Split(l.b.String(), "\n") {
+// findLog returns the first JSON log line in logs with message msg for
+// which ok holds.
+func findLog(logs string, msg string, ok func(map[string]any) bool) map[string]any {
+	for _, line := range strings.Split(logs, "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg && ok(m) {
 			return m
@@ -43,7 +28,7 @@ func (l *logBuffer) find(msg string, ok func(map[string]any) bool) map[string]an
 // its id, and a progress line reports what moved while there is work.
 func TestLogLinesNameWhatTheyAreAbout(t *testing.T) {
 	t.Parallel()
-	logs := &logBuffer{}
+	logs := &testenv.LogBuffer{}
 	b := setup(t, func(c *relay.Config) {
 		c.Logger = config.Config{LogFormat: "json"}.NewLogger(logs) // the binary's handler
 		c.StatsInterval = 20 * time.Millisecond
@@ -69,21 +54,21 @@ func TestLogLinesNameWhatTheyAreAbout(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("relay log:\n%s", logs.b.String())
+			t.Logf("relay log:\n%s", logs.String())
 		}
 	})
 	testenv.Eventually(t, 30*time.Second, "the start, dead-row and progress lines", func() (bool, error) {
-		return logs.find("rows parked as dead", func(m map[string]any) bool {
+		return findLog(logs.String(), "rows parked as dead", func(m map[string]any) bool {
 			ids, _ := m["ids"].([]any)
 			return len(ids) == 1 && ids[0] == float64(deadID)
-		}) != nil && logs.find("progress", func(m map[string]any) bool {
+		}) != nil && findLog(logs.String(), "progress", func(m map[string]any) bool {
 			return m["published"].(float64) >= 1 && m["interval"] == "20ms"
-		}) != nil && logs.find("progress", func(m map[string]any) bool {
+		}) != nil && findLog(logs.String(), "progress", func(m map[string]any) bool {
 			_, text := m["oldest_pending_age"].(string)
 			return m["failed"].(float64) >= 1 && text
 		}) != nil, nil
 	})
-	started := logs.find("relay started", func(map[string]any) bool { return true })
+	started := findLog(logs.String(), "relay started", func(map[string]any) bool { return true })
 	if started == nil || started["schema"] != schema || started["database"] == nil ||
 		!strings.Contains(started["database_host"].(string), ":") {
 		t.Fatalf("relay started line %v: want database_host, database and schema %q", started, schema)

@@ -13,8 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -136,25 +134,14 @@ scrape_configs:
 	_ = ln.Close()
 	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
-	logs := &strings.Builder{}
+	logs := &testenv.LogBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
+	t.Cleanup(func() { // runs after StartProcess's: the logs are complete
 		if t.Failed() {
 			t.Logf("prometheus logs:\n%s", logs.String())
 		}
 	})
+	done := testenv.StartProcess(t, cmd, 30*time.Second)
 	base := "http://" + addr
 	testenv.Eventually(t, time.Minute, "prometheus ready", func() (bool, error) {
 		select {

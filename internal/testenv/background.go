@@ -3,8 +3,11 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"os/exec"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // RunInBackground calls run in a goroutine until the test ends; then it
@@ -41,4 +44,29 @@ func (l *LogBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// StartProcess starts cmd and stops it when the test ends: SIGTERM, then
+// SIGKILL if it has not exited within grace. done is closed once it has
+// exited (on its own or stopped).
+func StartProcess(t testing.TB, cmd *exec.Cmd, grace time.Duration) (done <-chan struct{}) {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", cmd.Path, err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(grace):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	return exited
 }

@@ -67,7 +67,7 @@ type RelayProc struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	exitErr error
-	logs    bytes.Buffer
+	logs    LogBuffer
 }
 
 // StartRelayProc starts `relay run` with env (RELAY_* assignments) on a
@@ -112,8 +112,7 @@ func (p *RelayProc) Start() {
 	p.HTTP = "http://" + addr
 	cmd := exec.Command(relayBinary(p.t, raceEnabled && !p.plain), "run")
 	cmd.Env = append(CleanEnv(), append([]string{"RELAY_HTTP_ADDR=" + addr, "RELAY_LOG_FORMAT=json"}, p.env...)...)
-	w := &lockedWriter{mu: &p.mu, b: &p.logs}
-	cmd.Stdout, cmd.Stderr = w, w
+	cmd.Stdout, cmd.Stderr = &p.logs, &p.logs
 	if err := cmd.Start(); err != nil {
 		p.t.Fatalf("start relay: %v", err)
 	}
@@ -178,11 +177,7 @@ func (p *RelayProc) URL() string {
 }
 
 // Logs returns everything the process wrote so far.
-func (p *RelayProc) Logs() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.String()
-}
+func (p *RelayProc) Logs() string { return p.logs.String() }
 
 // Metric returns the value of an unlabelled metric line from /metrics, or
 // "" if the relay does not answer or has no such line.
@@ -200,17 +195,6 @@ func (p *RelayProc) Metric(name string) string {
 		}
 	}
 	return ""
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
 }
 
 // CleanEnv is the process environment without any RELAY_* variable.
