@@ -157,28 +157,10 @@ mgmt_running_nodes() {
 }
 
 node_write_conf() {
-	local n="$1" d
-	d="$(node_dir "$n")"
-	cat >"$d/rabbitmq.conf" <<CONF
-# Managed by scripts/services.sh; rewritten on every start.
+	local n="$1"
+	rmq_write_node_files "$(node_dir "$n")" "$(node_mgmt_port "$n")" <<CONF
 listeners.tcp.default = 127.0.0.1:$(node_amqp_port "$n")
-management.tcp.ip = 127.0.0.1
-management.tcp.port = $(node_mgmt_port "$n")
-# Only applied when the node boots with an empty database:
-default_vhost = /
-default_user = $SVC_USER
-default_pass = $SVC_PASS
-default_user_tags.administrator = true
-default_permissions.configure = .*
-default_permissions.read = .*
-default_permissions.write = .*
-log.console = false
-log.file.level = info
 CONF
-	echo '[rabbitmq_management].' >"$d/enabled_plugins"
-	echo '[].' >"$d/advanced.config"
-	echo '# intentionally empty: all settings come from scripts/services.sh' >"$d/rabbitmq-env.conf"
-	chown rabbitmq:rabbitmq "$d/rabbitmq.conf" "$d/enabled_plugins" "$d/advanced.config" "$d/rabbitmq-env.conf"
 }
 
 node_log_tail() {

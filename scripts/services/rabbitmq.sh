@@ -41,21 +41,17 @@ mgmt_ok() {
 
 rmq_ping() { [ -n "$RMQ_BIN" ] && rmq rabbitmq-diagnostics -q ping --timeout 5 >/dev/null 2>&1; }
 
-rmq_write_conf() {
-	tls_ensure
-	tls_install "$RMQ_DIR/tls" rabbitmq
-	cat >"$RMQ_DIR/rabbitmq.conf" <<EOF
-# Managed by scripts/services.sh; rewritten on every start.
-listeners.tcp.default = 127.0.0.1:$AMQP_PORT
-# TLS: the server certificate from the test CA; clients must present one.
-listeners.ssl.default = 127.0.0.1:$AMQPS_PORT
-ssl_options.cacertfile = $RMQ_DIR/tls/ca.pem
-ssl_options.certfile = $RMQ_DIR/tls/server.pem
-ssl_options.keyfile = $RMQ_DIR/tls/server.key
-ssl_options.verify = verify_peer
-ssl_options.fail_if_no_peer_cert = true
+# rmq_write_node_files DIR MGMT_PORT: write a node's rabbitmq.conf, whose
+# listeners the caller passes on stdin, and its other files; shared by the
+# single node and the cluster's nodes.
+rmq_write_node_files() {
+	local d="$1" mgmt_port="$2"
+	{
+		echo "# Managed by scripts/services.sh; rewritten on every start."
+		cat
+		cat <<EOF
 management.tcp.ip = 127.0.0.1
-management.tcp.port = $MGMT_PORT
+management.tcp.port = $mgmt_port
 # Only applied when the node boots with an empty database:
 default_vhost = /
 default_user = $SVC_USER
@@ -67,11 +63,26 @@ default_permissions.write = .*
 log.console = false
 log.file.level = info
 EOF
-	echo '[rabbitmq_management].' >"$RMQ_DIR/enabled_plugins"
-	echo '[].' >"$RMQ_DIR/advanced.config"
-	echo '# intentionally empty: all settings come from scripts/services.sh' >"$RMQ_DIR/rabbitmq-env.conf"
-	chown rabbitmq:rabbitmq "$RMQ_DIR/rabbitmq.conf" "$RMQ_DIR/enabled_plugins" \
-		"$RMQ_DIR/advanced.config" "$RMQ_DIR/rabbitmq-env.conf"
+	} >"$d/rabbitmq.conf"
+	echo '[rabbitmq_management].' >"$d/enabled_plugins"
+	echo '[].' >"$d/advanced.config"
+	echo '# intentionally empty: all settings come from scripts/services.sh' >"$d/rabbitmq-env.conf"
+	chown rabbitmq:rabbitmq "$d/rabbitmq.conf" "$d/enabled_plugins" "$d/advanced.config" "$d/rabbitmq-env.conf"
+}
+
+rmq_write_conf() {
+	tls_ensure
+	tls_install "$RMQ_DIR/tls" rabbitmq
+	rmq_write_node_files "$RMQ_DIR" "$MGMT_PORT" <<EOF
+listeners.tcp.default = 127.0.0.1:$AMQP_PORT
+# TLS: the server certificate from the test CA; clients must present one.
+listeners.ssl.default = 127.0.0.1:$AMQPS_PORT
+ssl_options.cacertfile = $RMQ_DIR/tls/ca.pem
+ssl_options.certfile = $RMQ_DIR/tls/server.pem
+ssl_options.keyfile = $RMQ_DIR/tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
+EOF
 }
 
 rmq_log_tail() {
