@@ -23,6 +23,7 @@ var ErrBrokerUnavailable = errors.New("relay: broker unavailable")
 // workers and a cache of exchanges known to exist.
 type broker struct {
 	conn *amqpconn.Manager
+	m    *metrics
 
 	mu        sync.Mutex
 	exchanges map[string]time.Time
@@ -32,6 +33,7 @@ const exchangeCacheTTL = 30 * time.Second
 
 func newBroker(urls []string, heartbeat time.Duration, bo backoff.Policy, name string, log *slog.Logger, m *metrics) *broker {
 	return &broker{
+		m: m,
 		conn: amqpconn.New(amqpconn.Config{
 			URLs:      urls,
 			Heartbeat: heartbeat,
@@ -68,18 +70,14 @@ func (b *broker) connected() bool { return b.conn.Connected() }
 // ready waits until a connection is open and not blocked, and returns it.
 func (b *broker) ready(ctx context.Context) (*amqp.Connection, error) { return b.conn.Ready(ctx) }
 
-// closeReason is why the last connection ended (see amqpconn.CloseReason).
-type closeReason struct {
-	text   string
-	outage bool // the broker's own doing (CONNECTION_FORCED): no row in flight is to blame
-}
-
-// lastCloseReason says why the last connection closed. The worker asks
-// after it saw its channel die with the connection (see
-// amqpconn.Manager.LastClose).
-func (b *broker) lastCloseReason() closeReason {
-	r := b.conn.LastClose()
-	return closeReason{text: r.Text, outage: r.Outage}
+// abandon leaves c's node, which makes no progress, for the next URL
+// (amqpconn.Manager.Abandon); false when there is no other.
+func (b *broker) abandon(c *amqp.Connection, why string) bool {
+	if !b.conn.Abandon(c, why) {
+		return false
+	}
+	b.m.abandoned.Inc()
+	return true
 }
 
 // current returns the open connection, or ErrBrokerUnavailable at once.
@@ -103,7 +101,8 @@ func (b *broker) channel(timeout time.Duration) (*amqp.Channel, *amqp.Connection
 	// Opening a channel is a round trip the client cannot cancel; a broker
 	// that went silent without closing the TCP connection would hold the
 	// batch (and its transaction) until the heartbeat gives up. Past the
-	// timeout the connection is dropped instead: the worker then waits for
+	// timeout the connection is dropped instead, and its node left like
+	// one that stopped confirming (see abandon): the worker then waits for
 	// a new one outside any transaction.
 	type opened struct {
 		ch  *amqp.Channel
@@ -128,7 +127,9 @@ func (b *broker) channel(timeout time.Duration) (*amqp.Channel, *amqp.Connection
 		}
 		return o.ch, c, nil
 	case <-t.C:
-		_ = c.CloseDeadline(time.Now().Add(time.Second))
+		if !b.abandon(c, "no answer to channel.open") {
+			_ = c.CloseDeadline(time.Now().Add(time.Second))
+		}
 		return nil, nil, fmt.Errorf("relay: open channel: no answer from the broker within %s; connection dropped", timeout)
 	}
 }
@@ -172,7 +173,10 @@ func (b *broker) exchangeExists(ctx context.Context, name string) (bool, error) 
 	}
 	_ = ch.Close()
 	if err != nil {
-		if checkBlamesRow(err) && closedSoon(c) {
+		// A hard error from the broker closes the connection, and so
+		// does the client's refusal to write the name: no need to wait
+		// and see.
+		if checkBlamesRow(err) {
 			return false, fmt.Errorf("%w: %v", errCheckKilledConnection, err)
 		}
 		return false, fmt.Errorf("relay: check exchange: %w", err)
@@ -187,32 +191,6 @@ func (b *broker) exchangeExists(ctx context.Context, name string) (bool, error) 
 // (a name amqp091-go cannot encode makes it close the connection), so the
 // row whose exchange it was is to suspect.
 var errCheckKilledConnection = errors.New("relay: the connection died while checking an exchange")
-
-// checkBlamesRow tells whether an exchange check's failure is the row's
-// doing: the client could not encode the name, or the broker closed the
-// connection with a hard error about what it was sent. A cut socket, a reset
-// or a broker shutting down blames no row.
-func checkBlamesRow(err error) bool {
-	var aerr *amqp.Error
-	if errors.As(err, &aerr) && aerr != amqp.ErrFieldType {
-		return aerr.Server && hardError(aerr) && aerr.Code != amqp.ConnectionForced
-	}
-	return encodeFailure(err)
-}
-
-// closedSoon reports whether c closes within a moment: the client shuts a
-// connection down asynchronously after a hard error.
-func closedSoon(c *amqp.Connection) bool { return closedWithin(c, time.Second) }
-
-// closedWithin reports whether c is closed, or closes within d.
-func closedWithin(c *amqp.Connection, d time.Duration) bool {
-	for deadline := time.Now().Add(d); !c.IsClosed(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			return false
-		}
-	}
-	return true
-}
 
 func boolFloat(v bool) float64 {
 	if v {

@@ -144,7 +144,7 @@ func TestCheckBlamesRowOnlyForWhatItSent(t *testing.T) {
 		{&amqp.Error{Code: amqp.FrameError, Reason: "FRAME_ERROR", Server: true}, true},
 		{&amqp.Error{Code: amqp.FrameError, Reason: "write tcp: connection reset by peer", Server: false}, false},
 		{&amqp.Error{Code: amqp.ConnectionForced, Reason: "CONNECTION_FORCED - broker forced connection closure", Server: true}, false},
-		{&amqp.Error{Code: amqp.AccessRefused, Reason: "ACCESS_REFUSED", Server: true}, false},
+		{&amqp.Error{Code: amqp.AccessRefused, Reason: "ACCESS_REFUSED", Server: true, Recover: true}, false}, // soft, as amqp091-go builds it
 		{&net.OpError{Op: "write", Net: "tcp", Err: syscall.ECONNRESET}, false},
 		{amqp.ErrClosed, false},
 	}

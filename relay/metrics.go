@@ -32,6 +32,9 @@ type metrics struct {
 	retained             prometheus.Counter
 	overtaken            prometheus.Counter
 	suspected            prometheus.Counter
+	stalls               *prometheus.CounterVec
+	uncharged            *prometheus.CounterVec
+	abandoned            prometheus.Counter
 }
 
 // failure reasons, the label values of outboxrelay_relay_publish_failures_total.
@@ -106,6 +109,16 @@ func newMetrics(reg prometheus.Registerer, name string) (*metrics, error) {
 			Name: "ordering_overtaken_total", Help: "Keyed rows the broker confirmed after refusing an earlier row of their key in the same pipelined run (key order broken on the broker; see strict_ordering)."}),
 		suspected: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "suspected_total", Help: "Rows in flight when the broker connection died under a batch; each is then published alone."}),
+		stalls: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "broker_stalls_total", Help: "Sends on a live connection that made no progress, by reason: confirm_timeout (no confirm for confirm_timeout) or nacked (every message nacked)."}, []string{"reason"}),
+		uncharged: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "uncharged_total", Help: "Rows sent during a stall and neither published nor charged an attempt, by reason (the broker's trouble is not the rows')."}, []string{"reason"}),
+		abandoned: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "broker_abandoned_total", Help: "Live broker connections the relay left for another node because their node made no progress."}),
+	}
+	for _, r := range []string{string(stallSilence), string(stallNacks)} {
+		m.stalls.WithLabelValues(r)
+		m.uncharged.WithLabelValues(r)
 	}
 	for _, r := range []string{reasonUnroutable, reasonNacked, reasonTimeout, reasonTooLarge, reasonBadHeaders, reasonNoExchange, reasonChannelClosed, reasonConnectionLost, reasonBadProperty, reasonUnencodable} {
 		m.failed.WithLabelValues(r)
@@ -120,7 +133,8 @@ func newMetrics(reg prometheus.Registerer, name string) (*metrics, error) {
 		m.brokerConnected, m.brokerBlocked, m.brokerBlockedSeconds, m.brokerReconnects,
 		m.brokerDialFailures, m.dbErrors, m.listenerConnected,
 		m.pendingRows, m.dueRows, m.deadRows, m.oldestPending,
-		m.blockedKeys, m.tableDeadTuples, m.tableBytes, m.retained, m.overtaken, m.suspected}
+		m.blockedKeys, m.tableDeadTuples, m.tableBytes, m.retained, m.overtaken, m.suspected,
+		m.stalls, m.uncharged, m.abandoned}
 	for i, c := range all {
 		if err := reg.Register(c); err != nil {
 			for _, done := range all[:i] {

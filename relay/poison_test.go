@@ -264,10 +264,12 @@ func TestRequeueLeavesRowsThatBreakALimit(t *testing.T) {
 	}
 }
 
-// A broker that takes a batch and never confirms it: after confirm_timeout
-// each row is charged a failed attempt (confirm_timeout), counted by
-// reason, and once the broker answers again the rows are published.
-func TestConfirmTimeoutIsChargedAndRetried(t *testing.T) {
+// A broker that takes a batch and never confirms it makes no progress:
+// after confirm_timeout the row is released uncharged (attempts and
+// last_error untouched), the stall is counted, and with a single URL the
+// relay stays (there is no other node to go to). Once the broker answers
+// again the row is published, still uncharged.
+func TestConfirmTimeoutChargesNoRow(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
 	proxy := brokerProxy(t)
@@ -277,7 +279,6 @@ func TestConfirmTimeoutIsChargedAndRetried(t *testing.T) {
 		c.Workers = 1 // the worker whose channel is open takes the row
 		c.ConfirmTimeout = 200 * time.Millisecond
 		c.Heartbeat = time.Hour // the silence must end in a confirm timeout, not a lost connection
-		c.RetryBase, c.RetryMax = 10*time.Millisecond, 10*time.Millisecond
 		c.PollInterval = 20 * time.Millisecond
 	})
 	ctx := context.Background()
@@ -291,20 +292,89 @@ func TestConfirmTimeoutIsChargedAndRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.waitFailed(t)
-	var lastErr string
-	if err := b.pool.QueryRow(ctx, `SELECT coalesce(last_error, '') FROM outbox WHERE message_id = $1`, ids[0]).Scan(&lastErr); err != nil {
-		t.Fatal(err)
+	testenv.Eventually(t, 30*time.Second, "a confirm_timeout stall", func() (bool, error) {
+		return labelledCounter(t, reg, "outboxrelay_relay_broker_stalls_total", "reason", "confirm_timeout") >= 1, nil
+	})
+	assertUncharged(t, b, ids[0])
+	if n := labelledCounter(t, reg, "outboxrelay_relay_publish_failures_total", "reason", "confirm_timeout"); n != 0 {
+		t.Fatalf("publish_failures_total{reason=confirm_timeout} = %v, want 0: a silent broker is not the row's fault", n)
 	}
-	if !strings.HasPrefix(lastErr, "confirm_timeout: no publisher confirm within") {
-		t.Fatalf("last_error %q, want a confirm timeout", lastErr)
-	}
-	if n := labelledCounter(t, reg, "outboxrelay_relay_publish_failures_total", "reason", "confirm_timeout"); n < 1 {
-		t.Fatalf("publish_failures_total{reason=confirm_timeout} = %v, want at least 1", n)
+	if n := counter(t, reg, "outboxrelay_relay_broker_abandoned_total"); n != 0 {
+		t.Fatalf("broker_abandoned_total = %v with a single URL, want 0", n)
 	}
 	proxy.Hold(false)
 	proxy.Cut() // what was swallowed left the connection out of step: start afresh
 	b.waitPublished(t, ids...)
+	assertUncharged(t, b, ids[0])
+}
+
+// assertUncharged fails unless the row with message id id has no attempt
+// and no error recorded.
+func assertUncharged(t *testing.T, b *testBundle, id string) {
+	t.Helper()
+	var attempts int
+	var lastErr *string
+	if err := b.pool.QueryRow(context.Background(), `SELECT attempts, last_error FROM outbox WHERE message_id = $1`, id).Scan(&attempts, &lastErr); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 0 || lastErr != nil {
+		t.Fatalf("row %s: attempts %d, last_error %v; want it uncharged", id, attempts, lastErr)
+	}
+}
+
+// A node that keeps the connection but confirms nothing (cut off from its
+// cluster's majority) is left for the next URL once confirm_timeout
+// passes, the row is published there uncharged, and the relay does not go
+// back to the node it left while the other one answers: when the second
+// node's connection is cut, it reconnects to the second node again.
+func TestLeavesANodeThatMakesNoProgress(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	silent, good := brokerProxy(t), brokerProxy(t)
+	b := setup(t, func(c *relay.Config) {
+		c.AMQPURLs = []string{silent.url, good.url}
+		c.Registerer = reg
+		c.ConfirmTimeout = 200 * time.Millisecond
+		c.Heartbeat = time.Hour // the node stays "alive": only its progress tells
+		c.PollInterval = 20 * time.Millisecond
+		c.ReconnectMin, c.ReconnectMax = time.Millisecond, 10*time.Millisecond
+	})
+	ctx := context.Background()
+	first, err := outbox.Enqueue(ctx, b.pool, outbox.Message{RoutingKey: b.queue, Payload: []byte("first")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.waitPublished(t, first...)
+	if silent.Accepted() != 1 || good.Accepted() != 0 {
+		t.Fatalf("connections: first node %d, second %d; want the relay on the first", silent.Accepted(), good.Accepted())
+	}
+	silent.Hold(true)
+	ids, err := outbox.Enqueue(ctx, b.pool, outbox.Message{RoutingKey: b.queue, Payload: []byte("moved")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.waitPublished(t, ids...)
+	assertUncharged(t, b, ids[0])
+	if n := counter(t, reg, "outboxrelay_relay_broker_abandoned_total"); n < 1 {
+		t.Fatalf("broker_abandoned_total = %v, want at least 1", n)
+	}
+	if good.Accepted() != 1 {
+		t.Fatalf("second node accepted %d connections, want 1", good.Accepted())
+	}
+
+	before := silent.Accepted()
+	good.Cut()
+	more, err := outbox.Enqueue(ctx, b.pool, outbox.Message{RoutingKey: b.queue, Payload: []byte("after the cut")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.waitPublished(t, more...)
+	if got := silent.Accepted(); got != before {
+		t.Fatalf("the relay went back to the node it left (%d connections, was %d) while the other answered", got, before)
+	}
+	if good.Accepted() != 2 {
+		t.Fatalf("second node accepted %d connections, want 2 (reconnected there)", good.Accepted())
+	}
 }
 
 // Acceptance (issue 12): a dead row shows in the metrics: dead_total, the

@@ -30,7 +30,10 @@ type Config struct {
 	Workers int
 	// PollInterval is the fallback when no notification arrives (default 1s).
 	PollInterval time.Duration
-	// ConfirmTimeout bounds the wait for a batch's confirms (default 30s).
+	// ConfirmTimeout is how long the broker may go without confirming
+	// anything while confirms are outstanding (default 5s). Past it the
+	// node makes no progress: the rows in flight are released uncharged
+	// and the relay moves to the next node of AMQPURLs.
 	ConfirmTimeout time.Duration
 	// MaxAttempts parks a row as dead after this many failures (default 10).
 	MaxAttempts int
@@ -120,7 +123,8 @@ const (
 type BatchResult struct {
 	Published   []string // message ids marked published
 	Failed      int      // rows charged a failed attempt
-	Released    int      // rows left untouched (connection lost)
+	Deferred    int      // rows the broker took none of, noted and delayed but not charged
+	Released    int      // rows not charged: untouched (connection lost, stalled node), deferred or suspected
 	CommittedAt time.Time
 }
 
@@ -133,7 +137,7 @@ func (c *Config) setDefaults() {
 		c.MaxBatchBytes = max(16<<20, int64(c.MaxPayloadBytes))
 	}
 	defaults.Set(&c.PollInterval, time.Second)
-	defaults.Set(&c.ConfirmTimeout, 30*time.Second)
+	defaults.Set(&c.ConfirmTimeout, 5*time.Second)
 	defaults.Set(&c.RetryBase, time.Second)
 	defaults.Set(&c.RetryMax, 5*time.Minute)
 	defaults.Set(&c.ReconnectMin, 100*time.Millisecond)

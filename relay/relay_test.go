@@ -92,6 +92,22 @@ func (b *testBundle) waitPublished(t *testing.T, ids ...string) {
 	}
 }
 
+// waitRefused consumes batch signals until one charged or deferred a row.
+func (b *testBundle) waitRefused(t *testing.T) {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case r := <-b.batches:
+			if r.Failed > 0 || r.Deferred > 0 {
+				return
+			}
+		case <-timeout:
+			t.Fatal("no refused row within 30s")
+		}
+	}
+}
+
 func (b *testBundle) waitFailed(t *testing.T) {
 	t.Helper()
 	timeout := time.After(30 * time.Second)

@@ -218,6 +218,16 @@ FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bool[]) AS f(id, err, de
 WHERE o.id = f.id
 RETURNING o.id, o.dead_at IS NOT NULL`
 
+// markDeferred notes why rows the broker took none of (every message of
+// their send nacked) wait, and makes them wait out a retry delay, without
+// charging an attempt: the broker's unavailability is not the rows' fault.
+const markDeferred = `
+UPDATE outbox o SET
+    last_error   = f.err,
+    available_at = now() + f.delay_ms * interval '1 millisecond'
+FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS f(id, err, delay_ms)
+WHERE o.id = f.id`
+
 // markSuspected flags rows that were in flight, unconfirmed, when the
 // broker connection died under a batch: any of them may have killed it.
 // They are not charged an attempt; the next claims publish them alone.
@@ -349,23 +359,21 @@ type failure struct {
 
 // mark records the batch's outcomes and returns the ids of the rows that
 // went dead.
-func mark(ctx context.Context, tx pgx.Tx, published []int64, failed []failure, suspected []int64, maxAttempts int) ([]int64, error) {
+func mark(ctx context.Context, tx pgx.Tx, m marks, maxAttempts int) ([]int64, error) {
 	b := &pgx.Batch{}
-	if len(published) > 0 {
-		b.Queue(markPublished, published)
+	if len(m.published) > 0 {
+		b.Queue(markPublished, m.published)
 	}
-	if len(suspected) > 0 {
-		b.Queue(markSuspected, suspected)
+	if len(m.suspected) > 0 {
+		b.Queue(markSuspected, m.suspected)
+	}
+	if len(m.deferred) > 0 {
+		ids, errs, delays, _ := failureColumns(m.deferred)
+		b.Queue(markDeferred, ids, errs, delays)
 	}
 	var dead []int64
-	if len(failed) > 0 {
-		ids := make([]int64, len(failed))
-		errs := make([]string, len(failed))
-		delays := make([]int64, len(failed))
-		perm := make([]bool, len(failed))
-		for i, f := range failed {
-			ids[i], errs[i], delays[i], perm[i] = f.id, f.err, f.delayMS, f.permanent
-		}
+	if len(m.failures) > 0 {
+		ids, errs, delays, perm := failureColumns(m.failures)
 		b.Queue(markFailed, ids, errs, delays, perm, maxAttempts).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var id int64
@@ -387,4 +395,14 @@ func mark(ctx context.Context, tx pgx.Tx, published []int64, failed []failure, s
 		return nil, fmt.Errorf("mark: %w", err)
 	}
 	return dead, nil
+}
+
+// failureColumns turns failures into the arrays markFailed and
+// markDeferred unnest.
+func failureColumns(fs []failure) (ids []int64, errs []string, delays []int64, perm []bool) {
+	ids, errs, delays, perm = make([]int64, len(fs)), make([]string, len(fs)), make([]int64, len(fs)), make([]bool, len(fs))
+	for i, f := range fs {
+		ids[i], errs[i], delays[i], perm[i] = f.id, f.err, f.delayMS, f.permanent
+	}
+	return ids, errs, delays, perm
 }

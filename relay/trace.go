@@ -96,7 +96,7 @@ func (s *publishSpans) finish(rows []claimed, outs []outcome) {
 		}
 		o := outs[i]
 		switch o.state {
-		case stateOK:
+		case statePublished:
 			span.SetAttributes(tracing.AttrOutcome.String(spanPublished))
 		case stateFailed:
 			result := spanRetry

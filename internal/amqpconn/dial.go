@@ -64,4 +64,7 @@ type CloseReason struct {
 	// Outage is true when the broker went away for reasons of its own
 	// (see Outage), so no message in flight is to blame.
 	Outage bool
+	// Abandoned is true when the owner left a live node that made no
+	// progress (Manager.Abandon): no message in flight is to blame either.
+	Abandoned bool
 }

@@ -66,6 +66,13 @@ type Manager struct {
 	changed   chan struct{} // closed and replaced on every state change
 	lastClose CloseReason
 	streak    int // failures since a connection last proved itself
+	// at is the index in URLs of the open connection; left marks the
+	// URLs whose node the owner abandoned for making no progress (see
+	// Abandon), skipped until every other node failed too; abandoned says
+	// the open connection is being closed by Abandon.
+	at        int
+	left      []bool
+	abandoned bool
 }
 
 // New builds a Manager; it does no I/O until Run.
@@ -74,7 +81,7 @@ func New(cfg Config) *Manager {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	m := &Manager{cfg: cfg, log: log, changed: make(chan struct{})}
+	m := &Manager{cfg: cfg, log: log, changed: make(chan struct{}), left: make([]bool, len(cfg.URLs))}
 	for _, u := range cfg.URLs {
 		m.secrets = append(m.secrets, redact.Secrets(u)...)
 	}
@@ -88,10 +95,11 @@ func (m *Manager) Run(ctx context.Context) error {
 	if len(m.cfg.URLs) == 0 {
 		return errors.New("amqpconn: no broker URL")
 	}
-	next := 0
+	next, misses := 0, 0
 	for ctx.Err() == nil {
-		u := m.cfg.URLs[next%len(m.cfg.URLs)]
-		next++ // whatever happens to u, the next attempt tries another node first
+		i := m.pick(next, misses)
+		u := m.cfg.URLs[i]
+		next = i + 1 // whatever happens to u, the next attempt tries another node first
 		conn, err := Dial(ctx, u, amqp.Config{
 			Heartbeat:  m.cfg.Heartbeat,
 			Locale:     "en_US",
@@ -101,6 +109,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
+			misses++
 			if h := m.cfg.Hooks.DialFailed; h != nil {
 				h(err)
 			}
@@ -111,6 +120,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		misses = 0
 		if m.cfg.SettleOnConnect {
 			m.Settled()
 		}
@@ -118,7 +128,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		// amqp091-go's notification rules ask.
 		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
 		blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 4))
-		m.setConn(conn)
+		m.setConn(conn, i)
 		m.log.Info("broker connected", "broker", redact.Host(u))
 		reason, lost := m.watch(ctx, conn, closed, blocked)
 		if !lost {
@@ -126,6 +136,13 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 		if h := m.cfg.Hooks.Lost; h != nil {
 			h(reason)
+		}
+		if reason.Abandoned {
+			// The node is alive but makes no progress: go to the next one
+			// at once, without growing the streak (the next node has not
+			// failed).
+			m.log.Warn("broker node left: it makes no progress", "broker", redact.Host(u), "err", reason.Text)
+			continue
 		}
 		delay := m.fail()
 		m.log.Warn("broker connection lost", "broker", redact.Host(u), "err", reason.Text, "outage", reason.Outage, "retry_in", delay)
@@ -136,11 +153,60 @@ func (m *Manager) Run(ctx context.Context) error {
 	return nil
 }
 
+// pick chooses the URL to dial next: the first from next on that was not
+// left (see Abandon). Left nodes come back once every other one failed
+// to dial since the last connection (misses), or when all were left: a
+// node that made no progress is tried again only when nothing else
+// answers, and proves itself by opening.
+func (m *Manager) pick(next, misses int) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := len(m.cfg.URLs)
+	open := 0
+	for _, l := range m.left {
+		if !l {
+			open++
+		}
+	}
+	if open == 0 || misses >= open {
+		clear(m.left)
+	}
+	for k := range n {
+		if j := (next + k) % n; !m.left[j] {
+			return j
+		}
+	}
+	return next % n
+}
+
+// Abandon closes c, if it is still the open connection and another URL
+// is listed, because its node makes no progress (confirms stopped coming
+// while the connection lives: a node cut off from its cluster's
+// majority). The Manager then dials the next URL at once and comes back
+// to this node only when every other one failed (see pick). It reports
+// whether it left; with a single URL it does nothing (there is nowhere to
+// go), and the owner carries on as after any failed attempt.
+func (m *Manager) Abandon(c *amqp.Connection, why string) bool {
+	m.mu.Lock()
+	if c == nil || m.conn != c || len(m.cfg.URLs) < 2 || m.abandoned {
+		m.mu.Unlock()
+		return false
+	}
+	m.left[m.at] = true
+	m.abandoned = true
+	m.mu.Unlock()
+	m.log.Warn("leaving broker node", "broker", redact.Host(m.cfg.URLs[m.at]), "why", why)
+	// The node answers (it is alive, only cut off), so a close is quick;
+	// the deadline bounds it when it is not.
+	go func() { _ = c.CloseDeadline(time.Now().Add(time.Second)) }()
+	return true
+}
+
 // watch follows conn until it closes (lost) or ctx ends, then forgets it.
 func (m *Manager) watch(ctx context.Context, conn *amqp.Connection, closed <-chan *amqp.Error, blocked <-chan amqp.Blocking) (reason CloseReason, lost bool) {
 	var blockedSince time.Time
 	defer func() {
-		m.setConn(nil)
+		m.setConn(nil, 0)
 		if !blockedSince.IsZero() {
 			m.hookBlocked(false, time.Since(blockedSince))
 		}
@@ -156,6 +222,9 @@ func (m *Manager) watch(ctx context.Context, conn *amqp.Connection, closed <-cha
 				r = CloseReason{Text: m.scrub(e.Error()), Outage: Outage(e)}
 			}
 			m.mu.Lock()
+			if m.abandoned {
+				r = CloseReason{Text: "left: the node made no progress", Abandoned: true}
+			}
 			m.lastClose = r
 			m.mu.Unlock()
 			return r, true
@@ -203,9 +272,9 @@ func (m *Manager) Settled() {
 	m.streak = 0
 }
 
-func (m *Manager) setConn(c *amqp.Connection) {
+func (m *Manager) setConn(c *amqp.Connection, at int) {
 	m.mu.Lock()
-	m.conn = c
+	m.conn, m.at, m.abandoned = c, at, false
 	m.blocked = false
 	close(m.changed)
 	m.changed = make(chan struct{})
@@ -276,23 +345,15 @@ func (m *Manager) wait(ctx context.Context, unblocked bool) (*amqp.Connection, e
 }
 
 // LastClose says why the last connection closed ("connection closed"
-// when nothing better is known). A user that saw its channel die with the connection asks right
-// away; the close notification reaches the watcher a moment later, so
-// LastClose waits for it briefly (up to a second) while the connection is
-// still the current one.
+// when nothing better is known). It is set before the Lost hook is called.
 func (m *Manager) LastClose() CloseReason {
-	for deadline := time.Now().Add(time.Second); ; {
-		m.mu.Lock()
-		r, conn := m.lastClose, m.conn
-		m.mu.Unlock()
-		if conn == nil || time.Now().After(deadline) {
-			if r.Text == "" {
-				r.Text = "connection closed"
-			}
-			return r
-		}
-		time.Sleep(5 * time.Millisecond)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.lastClose
+	if r.Text == "" {
+		r.Text = "connection closed"
 	}
+	return r
 }
 
 // scrub masks the URLs' passwords in text that may quote one.

@@ -138,8 +138,13 @@ func servicesScript(args ...string) *exec.Cmd {
 // Services returns the service URLs, starting the installed services if
 // they are not running. Missing services fail the test, unless
 // RELAY_TEST_SKIP_WITHOUT_SERVICES=1 (and CI is not true) makes it skip.
+// Under -short every test that needs services skips: -short runs the unit
+// tests alone (the decision tables), on a machine with no services.
 func Services(t testing.TB) Env {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no services")
+	}
 	once.Do(func() { env, envErr = load() })
 	if envErr != nil {
 		if os.Getenv(skipVar) == "1" && os.Getenv("CI") != "true" {
