@@ -39,8 +39,10 @@ type metrics struct {
 
 // failure reasons, the label values of outboxrelay_relay_publish_failures_total.
 const (
-	reasonUnroutable    = "unroutable"
-	reasonNacked        = "nacked"
+	reasonUnroutable = "unroutable"
+	reasonNacked     = "nacked"
+	// reasonTimeout names a confirm timeout; it charges no row (see
+	// blame.go), so it labels stalls, not failures.
 	reasonTimeout       = "confirm_timeout"
 	reasonTooLarge      = "too_large"
 	reasonBadHeaders    = "bad_headers"
@@ -60,71 +62,65 @@ const (
 // error, not a panic.
 func newMetrics(reg prometheus.Registerer, name string) (*metrics, error) {
 	const ns, sub = "outboxrelay", "relay"
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help})
+	}
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help})
+	}
 	m := &metrics{
-		published: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "published_total", Help: "Rows published, confirmed by the broker and marked published."}),
+		published: counter("published_total", "Rows published, confirmed by the broker and marked published."),
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "publish_failures_total", Help: "Failed publish attempts, by reason."}, []string{"reason"}),
-		dead: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "dead_total", Help: "Rows parked as dead after their last allowed attempt."}),
-		batches: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "batches_total", Help: "Batches claimed and committed."}),
+		dead:    counter("dead_total", "Rows parked as dead after their last allowed attempt."),
+		batches: counter("batches_total", "Batches claimed and committed."),
 		batchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "batch_duration_seconds", Help: "Claim to commit time of one batch.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "publish_latency_seconds", Help: "From a row's created_at to its confirmed publish.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 20)}),
-		brokerConnected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "broker_connected", Help: "1 while an AMQP connection is open."}),
-		brokerBlocked: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "broker_blocked", Help: "1 while the broker blocks publishing (connection.blocked: memory or disk alarm)."}),
-		brokerBlockedSeconds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "broker_blocked_seconds_total", Help: "Time spent blocked by the broker."}),
-		brokerReconnects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "broker_reconnects_total", Help: "Broker connections lost after being established."}),
-		brokerDialFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "broker_dial_failures_total", Help: "Failed attempts to connect to a broker URL."}),
-		dbErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "database_errors_total", Help: "Batches abandoned because of a database error."}),
-		listenerConnected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "listener_connected", Help: "1 while the LISTEN connection for insert notifications is up."}),
-		pendingRows: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "pending_rows", Help: "Rows neither published nor dead, as of the last stats query."}),
-		dueRows: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "due_rows", Help: "Pending rows available now, as of the last stats query."}),
-		deadRows: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "dead_rows", Help: "Rows parked as dead, as of the last stats query."}),
-		oldestPending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "oldest_pending_age_seconds", Help: "Age of the oldest pending row, as of the last stats query."}),
-		blockedKeys: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "blocked_keys", Help: "Ordering keys with a dead row: held back under the block policy, as of the last stats query."}),
-		tableDeadTuples: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "table_dead_tuples", Help: "Dead tuples in the outbox table (pg_stat_user_tables), as of the last stats query."}),
-		tableBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "table_bytes", Help: "pg_total_relation_size of the outbox table, as of the last stats query."}),
-		retained: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "retention_deleted_total", Help: "Published rows deleted by retention."}),
-		overtaken: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "ordering_overtaken_total", Help: "Keyed rows the broker confirmed after refusing an earlier row of their key in the same pipelined run (key order broken on the broker; see strict_ordering)."}),
-		suspected: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "suspected_total", Help: "Rows in flight when the broker connection died under a batch; each is then published alone."}),
+		brokerConnected:      gauge("broker_connected", "1 while an AMQP connection is open."),
+		brokerBlocked:        gauge("broker_blocked", "1 while the broker blocks publishing (connection.blocked: memory or disk alarm)."),
+		brokerBlockedSeconds: counter("broker_blocked_seconds_total", "Time spent blocked by the broker."),
+		brokerReconnects:     counter("broker_reconnects_total", "Broker connections lost after being established."),
+		brokerDialFailures:   counter("broker_dial_failures_total", "Failed attempts to connect to a broker URL."),
+		dbErrors:             counter("database_errors_total", "Batches abandoned because of a database error."),
+		listenerConnected:    gauge("listener_connected", "1 while the LISTEN connection for insert notifications is up."),
+		pendingRows:          gauge("pending_rows", "Rows neither published nor dead, as of the last stats query."),
+		dueRows:              gauge("due_rows", "Pending rows available now, as of the last stats query."),
+		deadRows:             gauge("dead_rows", "Rows parked as dead, as of the last stats query."),
+		oldestPending:        gauge("oldest_pending_age_seconds", "Age of the oldest pending row, as of the last stats query."),
+		blockedKeys:          gauge("blocked_keys", "Ordering keys with a dead row: held back under the block policy, as of the last stats query."),
+		tableDeadTuples:      gauge("table_dead_tuples", "Dead tuples in the outbox table (pg_stat_user_tables), as of the last stats query."),
+		tableBytes:           gauge("table_bytes", "pg_total_relation_size of the outbox table, as of the last stats query."),
+		retained:             counter("retention_deleted_total", "Published rows deleted by retention."),
+		overtaken:            counter("ordering_overtaken_total", "Keyed rows the broker confirmed after refusing an earlier row of their key in the same pipelined run (key order broken on the broker; see strict_ordering)."),
+		suspected:            counter("suspected_total", "Rows in flight when the broker connection died under a batch; each is then published alone."),
 		stalls: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "broker_stalls_total", Help: "Sends on a live connection that made no progress, by reason: confirm_timeout (no confirm for confirm_timeout) or nacked (every message nacked)."}, []string{"reason"}),
 		uncharged: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "uncharged_total", Help: "Rows sent during a stall and neither published nor charged an attempt, by reason (the broker's trouble is not the rows')."}, []string{"reason"}),
-		abandoned: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "broker_abandoned_total", Help: "Live broker connections the relay left for another node because their node made no progress."}),
+		abandoned: counter("broker_abandoned_total", "Live broker connections the relay left for another node because their node made no progress."),
 	}
 	for _, r := range []string{string(stallSilence), string(stallNacks)} {
 		m.stalls.WithLabelValues(r)
 		m.uncharged.WithLabelValues(r)
 	}
-	for _, r := range []string{reasonUnroutable, reasonNacked, reasonTimeout, reasonTooLarge, reasonBadHeaders, reasonNoExchange, reasonChannelClosed, reasonConnectionLost, reasonBadProperty, reasonUnencodable} {
+	for _, r := range []string{reasonUnroutable, reasonNacked, reasonTooLarge, reasonBadHeaders, reasonNoExchange, reasonChannelClosed, reasonConnectionLost, reasonBadProperty, reasonUnencodable} {
 		m.failed.WithLabelValues(r)
 	}
+	if err := m.register(reg, name); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// register registers m's series on reg (nil: on none), under a relay=name
+// label when name is set.
+func (m *metrics) register(reg prometheus.Registerer, name string) error {
 	if reg == nil {
-		return m, nil
+		return nil
 	}
 	if name != "" {
 		reg = prometheus.WrapRegistererWith(prometheus.Labels{"relay": name}, reg)
@@ -140,8 +136,8 @@ func newMetrics(reg prometheus.Registerer, name string) (*metrics, error) {
 			for _, done := range all[:i] {
 				reg.Unregister(done)
 			}
-			return nil, fmt.Errorf("relay: register metrics (relays sharing a registry need distinct Config.Name values): %w", err)
+			return fmt.Errorf("relay: register metrics (relays sharing a registry need distinct Config.Name values): %w", err)
 		}
 	}
-	return m, nil
+	return nil
 }

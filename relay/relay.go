@@ -231,6 +231,27 @@ func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
 	}, nil
 }
 
+// graceContext returns the context that carries the in-flight I/O: it
+// outlives ctx by ShutdownTimeout, so a batch can finish after a stop.
+func (r *Relay) graceContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	go func() {
+		select {
+		case <-ctx.Done():
+			t := time.NewTimer(r.cfg.ShutdownTimeout)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				r.log.Warn("shutdown timeout: abandoning in-flight batches")
+				cancelHard()
+			case <-hard.Done():
+			}
+		case <-hard.Done():
+		}
+	}()
+	return hard, cancelHard
+}
+
 // Run publishes until ctx ends, then lets in-flight batches finish for up
 // to ShutdownTimeout before abandoning them (an abandoned batch is rolled
 // back and published again later). It returns nil after a clean stop, and
@@ -247,23 +268,8 @@ func (r *Relay) Run(parent context.Context) error {
 		case <-ctx.Done():
 		}
 	}()
-	// hard carries the in-flight I/O; it outlives ctx by ShutdownTimeout.
-	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	hard, cancelHard := r.graceContext(ctx)
 	defer cancelHard()
-	go func() {
-		select {
-		case <-ctx.Done():
-			t := time.NewTimer(r.cfg.ShutdownTimeout)
-			defer t.Stop()
-			select {
-			case <-t.C:
-				r.log.Warn("shutdown timeout: abandoning in-flight batches")
-				cancelHard()
-			case <-hard.Done():
-			}
-		case <-hard.Done():
-		}
-	}()
 
 	brokerDone := make(chan struct{})
 	go func() {
