@@ -152,7 +152,7 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintln(w, "\nconfiguration (flag --key-name, environment RELAY_KEY_NAME, or YAML file with --config):")
 	for _, k := range config.Describe() {
-		fmt.Fprintf(w, "  %-19s default %-16q %s\n", k[0], k[1], k[2])
+		fmt.Fprintf(w, "  %-19s default %-16q %s\n", k.Name, k.Default, k.Help)
 	}
 }
 
@@ -173,7 +173,7 @@ func commandFlags(cmd *command, stdout io.Writer) *pflag.FlagSet {
 		if fs.HasFlags() {
 			fmt.Fprintf(stdout, "\nflags:\n%s", fs.FlagUsages())
 		}
-		if cmd.keys != nil && len(cmd.keys) > 0 {
+		if len(cmd.keys) > 0 {
 			fmt.Fprintln(stdout, "\nOther configuration keys are read from --config and RELAY_* variables too (relay help lists them).")
 		}
 	}
