@@ -37,6 +37,10 @@ lint: ## go vet and staticcheck (both modules, fault suite included) and gofmt
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
+.PHONY: docs
+docs: ## regenerate docs/configuration.md from the configuration's key table (config/config.go)
+	$(GO) generate ./config
+
 .PHONY: test
 test: ## install and start the services, lint, run every test with the race detector, a short fuzz of each target, then the fault suite
 	@scripts/services.sh up >/dev/null
