@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -85,6 +86,9 @@ func commands() []command {
 	}
 }
 
+// idCommands take row ids as arguments; the other commands take none.
+var idCommands = []string{"requeue", "discard", "retry"}
+
 // Main runs the command line in args (without the program name) and
 // returns the process exit code.
 func Main(ctx context.Context, args []string, environ []string, stdout, stderr io.Writer) int {
@@ -113,6 +117,13 @@ func Main(ctx context.Context, args []string, environ []string, stdout, stderr i
 			return exitOK
 		}
 		fmt.Fprintf(stderr, "relay %s: %v\n", cmd.name, err)
+		return exitUsage
+	}
+	if fs.NArg() > 0 && !slices.Contains(idCommands, cmd.name) {
+		// A boolean flag takes its value after '=': in "--strict-ordering
+		// false" the flag means true and "false" is left over, so a left-over
+		// word must stop the command rather than be ignored.
+		fmt.Fprintf(stderr, "relay %s: unexpected argument %s (a boolean flag takes its value after '=', as in --strict-ordering=false)\n", cmd.name, strconv.Quote(fs.Arg(0)))
 		return exitUsage
 	}
 	unknown := config.UnknownEnv(environ)

@@ -93,3 +93,17 @@ func TestEveryCommandHelpShowsTypedFlags(t *testing.T) {
 		})
 	}
 }
+
+// A word left over after the flags stops a command that takes no
+// arguments: "--strict-ordering false" sets the flag to true and leaves
+// "false", which must not be ignored.
+func TestLeftOverArgumentIsAUsageError(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"run", "--strict-ordering", "false"}, {"status", "extra"}, {"migrate", "--print-sql", "false"}} {
+		code, _, errOut := runMain(t, context.Background(), nil, args...)
+		want := "relay " + args[0] + ": unexpected argument \"" + args[len(args)-1] + "\""
+		if code != exitUsage || !strings.Contains(errOut, want) {
+			t.Errorf("relay %s: exit %d, stderr %q; want exit %d and %q", strings.Join(args, " "), code, errOut, exitUsage, want)
+		}
+	}
+}
