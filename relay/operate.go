@@ -234,7 +234,7 @@ func isCheckViolation(err error) bool {
 
 // RefusedError lists dead rows Requeue left dead because they still break
 // a row limit; fix the field in the same UPDATE that requeues the row (see
-// the README, "Row limits").
+// docs/design.md, "Row limits").
 type RefusedError struct {
 	IDs         []int64
 	Constraints map[int64]string // id -> the CHECK constraint it breaks
