@@ -23,12 +23,23 @@ build: ## build bin/relay and bin/orders-consumer (the inbox example)
 	$(GO) build -trimpath -o bin/relay ./cmd/relay
 	$(GO) build -trimpath -o bin/orders-consumer ./examples/orders-consumer
 
+# staticcheck at a pinned version, fetched through the Go module proxy on
+# first use and cached by the go command after that.
+STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 .PHONY: lint
-lint: ## go vet (both modules) and gofmt
+lint: ## go vet and staticcheck (both modules, fault suite included) and gofmt
 	$(GO) vet ./...
+	$(GO) vet -tags fault ./test/fault
+	$(STATICCHECK) -tags fault ./...
 	cd deploy && $(GO) vet ./...
+	cd deploy && $(STATICCHECK) ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+.PHONY: docs
+docs: ## regenerate docs/configuration.md from the configuration's key table (config/config.go)
+	$(GO) generate ./config
 
 .PHONY: test
 test: ## install and start the services, lint, run every test with the race detector, a short fuzz of each target, then the fault suite

@@ -60,11 +60,22 @@ type key struct {
 	name  string
 	def   string
 	help  string
+	parse parser
+}
+
+// parser turns a key's raw value into Config. kind is the type a user
+// writes (string, int, duration or bool): its flag shows it in --help and
+// docs/configuration.md lists it. It lives beside apply, which defines it.
+type parser struct {
+	kind  string
 	apply func(c *Config, raw string) error
 }
 
+// text is a parser of free-form values, checked by apply itself.
+func text(apply func(c *Config, raw string) error) parser { return parser{"string", apply} }
+
 var keys = []key{
-	{"database_url", "", "PostgreSQL URL (postgres://user:pass@host:port/db) or key=value DSN (host=db user=app ...); required", func(c *Config, s string) error {
+	{"database_url", "", "PostgreSQL URL (postgres://user:pass@host:port/db) or key=value DSN (host=db user=app ...); required", text(func(c *Config, s string) error {
 		if s == "" {
 			return nil // required-ness depends on the command: see Load
 		}
@@ -73,15 +84,15 @@ var keys = []key{
 		}
 		c.DatabaseURL = s
 		return nil
-	}},
-	{"schema", "", "schema of the relay's tables, created by `relay migrate` if missing; taken as written (case matters); empty: the connection's current schema", func(c *Config, s string) error {
+	})},
+	{"schema", "", "schema of the relay's tables, created by `relay migrate` if missing; taken as written (case matters); empty: the connection's current schema", text(func(c *Config, s string) error {
 		if err := checkSchema(s); err != nil {
 			return err
 		}
 		c.Schema = s
 		return nil
-	}},
-	{"amqp_url", "", "RabbitMQ URL(s), comma-separated for a failover list; required", func(c *Config, s string) error {
+	})},
+	{"amqp_url", "", "RabbitMQ URL(s), comma-separated for a failover list; required", text(func(c *Config, s string) error {
 		c.AMQPURLs = nil
 		parts := strings.Split(s, ",")
 		for i, part := range parts {
@@ -104,11 +115,11 @@ var keys = []key{
 			c.AMQPURLs = append(c.AMQPURLs, part)
 		}
 		return nil
-	}},
-	{"http_addr", "127.0.0.1:9600", "address for /metrics, /healthz and /readyz; empty disables", func(c *Config, s string) error {
+	})},
+	{"http_addr", "127.0.0.1:9600", "address for /metrics, /healthz and /readyz; empty disables", text(func(c *Config, s string) error {
 		c.HTTPAddr = s
 		return nil
-	}},
+	})},
 	{"batch_size", "500", "rows claimed per batch", intIn(1, 100_000, func(c *Config, v int) { c.BatchSize = v })},
 	{"workers", "2", "concurrent claim/publish loops, each with its own AMQP channel", intIn(1, 64, func(c *Config, v int) { c.Workers = v })},
 	{"poll_interval", "1s", "fallback poll when no insert notification arrives", durationIn(time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.PollInterval = v })},
@@ -122,13 +133,13 @@ var keys = []key{
 	{"max_payload_bytes", "16777216", "payloads larger than this are failed without publishing (keep at or below the broker's max_message_size)", intIn(1, 512<<20, func(c *Config, v int) { c.MaxPayloadBytes = v })},
 	{"shutdown_timeout", "10s", "on SIGTERM, how long in-flight batches may take to finish before they are abandoned", durationIn(0, time.Hour, func(c *Config, v time.Duration) { c.ShutdownTimeout = v })},
 	{"ordering_policy", "block", "while an earlier row of a key is dead: block the key's later rows (until requeued or discarded) or skip past it", oneOf([]string{"block", "skip"}, func(c *Config, v string) { c.OrderingPolicy = v })},
-	{"strict_ordering", "false", "true: at most one unconfirmed row per ordering key (other keys stay pipelined), so a broker that refuses a row can never accept the key's next row first; false: a key's run is pipelined and such an overtake is counted (outboxrelay_relay_ordering_overtaken_total)", oneOf([]string{"false", "true"}, func(c *Config, v string) { c.StrictOrdering = v == "true" })},
+	{"strict_ordering", "false", "true: at most one unconfirmed row per ordering key (other keys stay pipelined), so a broker that refuses a row can never accept the key's next row first; false: a key's run is pipelined and such an overtake is counted (outboxrelay_relay_ordering_overtaken_total)", boolean(func(c *Config, v bool) { c.StrictOrdering = v })},
 	{"max_batch_bytes", "0", "payload bytes one batch may load; the relay's memory follows it (0: 16 MiB or max_payload_bytes if larger; must not be below max_payload_bytes)", intIn(0, 1<<40, func(c *Config, v int) { c.MaxBatchBytes = int64(v) })},
 	{"rescan_interval", "1s", "while draining a backlog, how often a claim starts from the beginning of the table (finds rows committed late below the cursor)", durationIn(10*time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.RescanInterval = v })},
 	{"retention", "168h", "delete published rows older than this (0 keeps them forever); dead and pending rows are never deleted", durationIn(0, 100*365*24*time.Hour, func(c *Config, v time.Duration) { c.Retention = v })},
 	{"retention_interval", "1m", "how often retention runs (one relay at a time)", durationIn(10*time.Millisecond, 24*time.Hour, func(c *Config, v time.Duration) { c.RetentionInterval = v })},
 	{"retention_batch", "1000", "rows deleted per retention statement", intIn(1, 100_000, func(c *Config, v int) { c.RetentionBatch = v })},
-	{"listen_database_url", "", "direct PostgreSQL URL for LISTEN when database_url goes through PgBouncer in transaction mode; empty uses database_url", func(c *Config, s string) error {
+	{"listen_database_url", "", "direct PostgreSQL URL for LISTEN when database_url goes through PgBouncer in transaction mode; empty uses database_url", text(func(c *Config, s string) error {
 		if s == "" {
 			c.ListenDatabaseURL = ""
 			return nil
@@ -138,17 +149,21 @@ var keys = []key{
 		}
 		c.ListenDatabaseURL = s
 		return nil
-	}},
+	})},
 	{"stats_interval", "15s", "how often the backlog and table gauges are refreshed", durationIn(10*time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.StatsInterval = v })},
 	{"log_level", "info", "debug, info, warn or error", oneOf([]string{"debug", "info", "warn", "error"}, func(c *Config, v string) { c.LogLevel = v })},
 	{"log_format", "json", "json or text", oneOf([]string{"json", "text"}, func(c *Config, v string) { c.LogFormat = v })},
 }
 
-// Flags returns a flag set with one string flag per key (batch_size becomes
-// --batch-size) plus --config. Flags are strings so that every source is
-// parsed and reported the same way. With only, it holds the flags of those
-// keys alone (a command's own), so that its --help lists what it reads;
-// the other keys can still be set in the file or the environment.
+// Flags returns a flag set with one flag per key (batch_size becomes
+// --batch-size) plus --config. With only, it holds the flags of those keys
+// alone (a command's own), so that its --help lists what it reads; the
+// other keys can still be set in the file or the environment.
+//
+// A flag shows its key's type in --help (--batch-size int, --strict-ordering
+// as a boolean that may stand alone) but keeps the text as typed: Load
+// parses it with the key's own rules, so a bad value gets the same
+// one-line error, naming the key, from every source.
 func Flags(name string, only ...string) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.String("config", "", "YAML configuration file")
@@ -156,10 +171,38 @@ func Flags(name string, only ...string) *pflag.FlagSet {
 		if len(only) > 0 && !slices.Contains(only, k.name) {
 			continue
 		}
-		fs.String(flagName(k.name), "", fmt.Sprintf("%s (env RELAY_%s, default %q)", k.help, strings.ToUpper(k.name), k.def))
+		def := k.def
+		if k.parse.kind == "string" {
+			def = strconv.Quote(def)
+		}
+		usage := fmt.Sprintf("%s (env RELAY_%s, default %s)", PlainUsage(k.help), strings.ToUpper(k.name), def)
+		var v pflag.Value = &rawFlag{kind: k.parse.kind}
+		if k.parse.kind == "bool" {
+			v = &rawBoolFlag{rawFlag{kind: "bool"}}
+		}
+		fs.Var(v, flagName(k.name), usage)
 	}
 	return fs
 }
+
+// PlainUsage makes help text fit for a pflag usage string: pflag would take
+// a back-quoted word ("`relay migrate`") as the flag's value placeholder
+// (--schema relay migrate), so back quotes become single quotes.
+func PlainUsage(help string) string { return strings.ReplaceAll(help, "`", "'") }
+
+// rawFlag holds a flag's text as typed, for Load to parse; kind is what
+// --help shows as the value's type.
+type rawFlag struct{ value, kind string }
+
+func (f *rawFlag) String() string     { return f.value }
+func (f *rawFlag) Set(s string) error { f.value = s; return nil }
+func (f *rawFlag) Type() string       { return f.kind }
+
+// rawBoolFlag is a rawFlag that may stand alone (--strict-ordering means
+// --strict-ordering=true), as pflag's own booleans.
+type rawBoolFlag struct{ rawFlag }
+
+func (*rawBoolFlag) IsBoolFlag() bool { return true }
 
 // testPrefix marks the variables of the project's own test suite
 // (RELAY_TEST_DATABASE_URL, ...), which UnknownEnv leaves alone.
@@ -255,7 +298,7 @@ func Load(fs *pflag.FlagSet, environ []string, required ...string) (Config, erro
 				raw, source = f.Value.String(), "--"+flagName(k.name)
 			}
 		}
-		if err := k.apply(&c, strings.TrimSpace(raw)); err != nil {
+		if err := k.parse.apply(&c, strings.TrimSpace(raw)); err != nil {
 			// Every message already shows values through shown(); this
 			// also catches a library error (pgconn) quoting the value.
 			msg := redact.Scrub(err.Error(), redact.Secrets(raw))
@@ -305,8 +348,8 @@ func oneLine(err error) error {
 	return errors.New(strings.Join(strings.Fields(err.Error()), " "))
 }
 
-func intIn(lo, hi int, set func(*Config, int)) func(*Config, string) error {
-	return func(c *Config, s string) error {
+func intIn(lo, hi int, set func(*Config, int)) parser {
+	return parser{"int", func(c *Config, s string) error {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
 			f, ferr := strconv.ParseFloat(s, 64) // YAML may hand us 500.0
@@ -320,11 +363,11 @@ func intIn(lo, hi int, set func(*Config, int)) func(*Config, string) error {
 		}
 		set(c, int(n))
 		return nil
-	}
+	}}
 }
 
-func durationIn(lo, hi time.Duration, set func(*Config, time.Duration)) func(*Config, string) error {
-	return func(c *Config, s string) error {
+func durationIn(lo, hi time.Duration, set func(*Config, time.Duration)) parser {
+	return parser{"duration", func(c *Config, s string) error {
 		d, err := time.ParseDuration(s)
 		if err != nil {
 			return fmt.Errorf("must be a duration such as 500ms or 2s, got %s", shown(s))
@@ -334,11 +377,11 @@ func durationIn(lo, hi time.Duration, set func(*Config, time.Duration)) func(*Co
 		}
 		set(c, d)
 		return nil
-	}
+	}}
 }
 
-func oneOf(allowed []string, set func(*Config, string)) func(*Config, string) error {
-	return func(c *Config, s string) error {
+func oneOf(allowed []string, set func(*Config, string)) parser {
+	return parser{"string", func(c *Config, s string) error {
 		s = strings.ToLower(s)
 		for _, a := range allowed {
 			if s == a {
@@ -347,7 +390,14 @@ func oneOf(allowed []string, set func(*Config, string)) func(*Config, string) er
 			}
 		}
 		return fmt.Errorf("must be one of %s, got %s", strings.Join(allowed, ", "), shown(s))
-	}
+	}}
+}
+
+// boolean takes true or false, in any case (a YAML true arrives as "true").
+func boolean(set func(*Config, bool)) parser {
+	p := oneOf([]string{"false", "true"}, func(c *Config, v string) { set(c, v == "true") })
+	p.kind = "bool"
+	return p
 }
 
 // maxSchema is the longest schema name: the relay's notification channel
@@ -487,11 +537,26 @@ func DurationText(d time.Duration) string {
 	return d.Round(time.Microsecond).String()
 }
 
-// Describe lists each key with its default and help, for `relay help config`.
-func Describe() [][3]string {
-	out := make([][3]string, 0, len(keys))
+// KeyDoc documents one configuration key.
+type KeyDoc struct {
+	Name    string // as in the YAML file: batch_size
+	Type    string // string, int, duration or bool
+	Default string // as a user would write it; "" for none
+	Help    string // one line; back quotes mark code
+}
+
+// Env is the key's environment variable: RELAY_BATCH_SIZE.
+func (k KeyDoc) Env() string { return "RELAY_" + strings.ToUpper(k.Name) }
+
+// Flag is the key's flag: --batch-size.
+func (k KeyDoc) Flag() string { return "--" + flagName(k.Name) }
+
+// Describe lists every key in the order of the key table, for `relay help`
+// and docs/configuration.md.
+func Describe() []KeyDoc {
+	out := make([]KeyDoc, 0, len(keys))
 	for _, k := range keys {
-		out = append(out, [3]string{k.name, k.def, k.help})
+		out = append(out, KeyDoc{Name: k.name, Type: k.parse.kind, Default: k.def, Help: k.help})
 	}
 	return out
 }

@@ -50,6 +50,37 @@ func TestLoadPrecedence(t *testing.T) {
 	}
 }
 
+// Typed flags keep the order of sources: a boolean flag standing alone
+// means true and beats the environment, a flag left unset leaves the
+// environment's value (its empty default is not a value), and a bad flag
+// value is reported by Load, naming the key, as from any other source.
+func TestTypedFlagsKeepPrecedence(t *testing.T) {
+	t.Parallel()
+	env := []string{"RELAY_STRICT_ORDERING=false", "RELAY_POLL_INTERVAL=2s", "RELAY_BATCH_SIZE=40"}
+	fs := Flags("test")
+	if err := fs.Parse([]string{"--strict-ordering", "--poll-interval", "250ms"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(fs, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.StrictOrdering || c.PollInterval != 250*time.Millisecond {
+		t.Errorf("flags should beat the environment: strict_ordering %v, poll_interval %s", c.StrictOrdering, c.PollInterval)
+	}
+	if c.BatchSize != 40 {
+		t.Errorf("an unset --batch-size should leave the environment's 40, got %d", c.BatchSize)
+	}
+	fs = Flags("test")
+	if err := fs.Parse([]string{"--strict-ordering=false", "--batch-size", "lots"}); err != nil {
+		t.Fatalf("a flag's value is checked by Load, not by the parser: %v", err)
+	}
+	_, err = Load(fs, []string{"RELAY_STRICT_ORDERING=true"})
+	if err == nil || err.Error() != `config: batch_size (from --batch-size): must be a whole number, got "lots"` {
+		t.Fatalf("got %v, want the batch_size error from --batch-size", err)
+	}
+}
+
 func TestSchemaIsTakenAsWritten(t *testing.T) {
 	t.Parallel()
 	fs := Flags("test")

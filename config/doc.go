@@ -21,3 +21,5 @@
 //
 // Only this package and cmd/ use viper; the libraries take plain structs.
 package config
+
+//go:generate go run ./internal/gendoc -o ../docs/configuration.md

@@ -27,7 +27,7 @@ type manifests struct {
 
 // TestKubernetesManifests decodes each object strictly into the Kubernetes
 // API type of its kind (an unknown or misplaced field, a duplicate key or a
-// wrong type fails), then checks what the README promises of them.
+// wrong type fails), then checks what docs/operations.md promises of them.
 func TestKubernetesManifests(t *testing.T) {
 	t.Parallel()
 	var m manifests

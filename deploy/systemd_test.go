@@ -14,7 +14,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
-// TestSystemdUnits parses the units and checks what the README promises:
+// TestSystemdUnits parses the units and checks what docs/operations.md promises:
 // secrets from an EnvironmentFile, restarts on failure but not after a bad
 // configuration, an unprivileged user, the hardening options, and the
 // migrate step; the example environment files name configuration keys only.

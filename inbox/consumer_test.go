@@ -20,7 +20,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
-// Acceptance 1: one message published five times changes the business
+// One message published five times changes the business
 // table once; four copies are recognised as duplicates, also when handled
 // concurrently.
 func TestSameMessageFiveTimesIsAppliedOnce(t *testing.T) {
@@ -52,7 +52,7 @@ func TestSameMessageFiveTimesIsAppliedOnce(t *testing.T) {
 	}
 }
 
-// Acceptance 2: the consumer loses its connection after the commit and
+// The consumer loses its connection after the commit and
 // before the ack. The broker redelivers; the inbox recognises the copy and
 // acks it without calling the handler again.
 func TestAckLostAfterCommitIsRecognisedAsDuplicate(t *testing.T) {
@@ -97,7 +97,7 @@ func TestAckLostAfterCommitIsRecognisedAsDuplicate(t *testing.T) {
 	}
 }
 
-// Acceptance 3: a handler failing twice then succeeding applies the message
+// A handler failing twice then succeeding applies the message
 // once, and each retry went through the broker's retry queue (x-death says
 // which queue expired it) with the attempt count and last error in headers.
 func TestTransientFailuresAreRetriedThroughTheBroker(t *testing.T) {
@@ -169,7 +169,7 @@ func TestTransientFailuresAreRetriedThroughTheBroker(t *testing.T) {
 	}
 }
 
-// Acceptance 4: a permanent error, a poison message and a message without
+// A permanent error, a poison message and a message without
 // message-id end in the dead-letter queue with attempts and error headers;
 // the other messages are processed meanwhile.
 func TestPermanentPoisonAndUnidentifiedMessagesAreDeadLettered(t *testing.T) {
@@ -266,7 +266,7 @@ func TestPermanentPoisonAndUnidentifiedMessagesAreDeadLettered(t *testing.T) {
 	}
 }
 
-// Acceptance 5: the connection is cut while messages are being consumed;
+// The connection is cut while messages are being consumed;
 // the consumer reconnects by itself and every message is applied once.
 func TestResumesAfterConnectionCut(t *testing.T) {
 	t.Parallel()
@@ -308,7 +308,7 @@ func TestResumesAfterConnectionCut(t *testing.T) {
 	t.Logf("duplicates absorbed after the cut: %d", count(evs, inbox.EventDuplicate, "*"))
 }
 
-// Acceptance 6: with a handler failing every call, the breaker pauses
+// With a handler failing every call, the breaker pauses
 // consumption after BreakerThreshold failures, lets one trial through after
 // the cooldown, and closes once the handler recovers.
 func TestBreakerPausesAndResumes(t *testing.T) {
@@ -508,7 +508,7 @@ func TestReadyAndPromptShutdown(t *testing.T) {
 	}
 }
 
-// Acceptance (poison issue): a broker that accepts TCP and never speaks
+// A broker that accepts TCP and never speaks
 // does not hold Run for the handshake timeout (10 s): cancelling Run while
 // it dials such a peer makes it return, and the peer sees the socket
 // closed.

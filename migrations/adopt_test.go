@@ -85,7 +85,7 @@ func history(t *testing.T, pool *pgxpool.Pool, table string) []string {
 	return h
 }
 
-// Acceptance 1 (issue 11): an application whose goose history (integer or
+// An application whose goose history (integer or
 // timestamp versions) lives in the same schema keeps it untouched, and the
 // relay's tables are created, in that schema or in one of their own.
 func TestMigrateBesideAnApplicationsGoose(t *testing.T) {

@@ -13,7 +13,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
-// Acceptance (poison issue): a relay the database refuses for good from
+// A relay the database refuses for good from
 // the start (here: no tables) does not spin; after StartupGrace, Run
 // returns the error, wrapping ErrPermanent and naming `relay migrate`.
 func TestRunReturnsAPermanentErrorAtStart(t *testing.T) {
@@ -36,7 +36,7 @@ func TestRunReturnsAPermanentErrorAtStart(t *testing.T) {
 	}
 }
 
-// Acceptance (poison issue): while running, a permanent error makes the
+// While running, a permanent error makes the
 // relay not ready, with the reason, and a batch that succeeds again makes
 // it ready.
 func TestReadyReportsAPermanentErrorWhileRunning(t *testing.T) {

@@ -2,11 +2,252 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
+
+// DB is what the operator functions need: a pool, a connection or a
+// transaction.
+type DB interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Status summarises the outbox for operators.
+type Status struct {
+	Pending          int64         // neither published nor dead
+	Due              int64         // pending and available now
+	Dead             int64         // parked
+	OldestPendingAge time.Duration // age of the oldest pending row, 0 if none
+	BlockedKeys      int64         // ordering keys with a dead row
+	DeadTuples       int64         // dead tuples in the table, per pg_stat_user_tables
+	TableBytes       int64         // pg_total_relation_size
+	ByExchange       []ExchangeStatus
+}
+
+// ExchangeStatus is Status for one exchange ("" is the default exchange).
+type ExchangeStatus struct {
+	Exchange         string
+	Pending, Due     int64
+	Dead             int64
+	OldestPendingAge time.Duration
+}
+
+// Each query is served by partial indexes (pending rows without a key,
+// unpublished keyed rows, dead rows), so a large table of published rows
+// is never scanned.
+const (
+	statusPending = `
+SELECT exchange, count(*), count(*) FILTER (WHERE available_at <= now()),
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+FROM (SELECT exchange, available_at, created_at FROM outbox
+      WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NULL
+      UNION ALL
+      SELECT exchange, available_at, created_at FROM outbox
+      WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NOT NULL) p
+GROUP BY exchange`
+	statusDead  = `SELECT exchange, count(*) FROM outbox WHERE dead_at IS NOT NULL GROUP BY exchange`
+	statusTable = `
+SELECT (SELECT count(DISTINCT ordering_key) FROM outbox WHERE dead_at IS NOT NULL AND ordering_key IS NOT NULL),
+       coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass), 0),
+       pg_total_relation_size('outbox'::regclass)`
+)
+
+// ReadStatus counts pending, due and dead rows, overall and per exchange.
+func ReadStatus(ctx context.Context, db DB) (Status, error) {
+	per := map[string]*ExchangeStatus{}
+	get := func(ex string) *ExchangeStatus {
+		if per[ex] == nil {
+			per[ex] = &ExchangeStatus{Exchange: ex}
+		}
+		return per[ex]
+	}
+	rows, err := db.Query(ctx, statusPending)
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
+	var ex string
+	var pending, due int64
+	var age float64
+	_, err = pgx.ForEachRow(rows, []any{&ex, &pending, &due, &age}, func() error {
+		s := get(ex)
+		s.Pending, s.Due, s.OldestPendingAge = pending, due, time.Duration(age*float64(time.Second))
+		return nil
+	})
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
+	rows, err = db.Query(ctx, statusDead)
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
+	var dead int64
+	_, err = pgx.ForEachRow(rows, []any{&ex, &dead}, func() error {
+		get(ex).Dead = dead
+		return nil
+	})
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
+	var st Status
+	rows, err = db.Query(ctx, statusTable)
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
+	_, err = pgx.ForEachRow(rows, []any{&st.BlockedKeys, &st.DeadTuples, &st.TableBytes}, func() error { return nil })
+	if err != nil {
+		return Status{}, fmt.Errorf("status: %w", err)
+	}
+	for _, s := range per {
+		st.ByExchange = append(st.ByExchange, *s)
+		st.Pending += s.Pending
+		st.Due += s.Due
+		st.Dead += s.Dead
+		st.OldestPendingAge = max(st.OldestPendingAge, s.OldestPendingAge)
+	}
+	sort.Slice(st.ByExchange, func(i, j int) bool { return st.ByExchange[i].Exchange < st.ByExchange[j].Exchange })
+	return st, nil
+}
+
+// DeadRow is a parked row, for operators.
+type DeadRow struct {
+	ID         int64
+	MessageID  string
+	Exchange   string
+	RoutingKey string
+	Attempts   int
+	LastError  string
+	CreatedAt  time.Time
+	DeadAt     time.Time
+}
+
+const listDead = `
+SELECT id, message_id::text, exchange, routing_key, attempts, coalesce(last_error, ''), created_at, dead_at
+FROM outbox WHERE dead_at IS NOT NULL
+ORDER BY id
+LIMIT $1`
+
+// ListDead returns up to limit dead rows, oldest first.
+func ListDead(ctx context.Context, db DB, limit int) ([]DeadRow, error) {
+	return queryDead(ctx, db, "list dead", listDead, limit)
+}
+
+// queryDead runs query, which returns dead rows, and collects them; op
+// names it in errors.
+func queryDead(ctx context.Context, db DB, op, query string, args ...any) ([]DeadRow, error) {
+	rows, err := db.Query(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	out, err := pgx.CollectRows(rows, scanDead)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	return out, nil
+}
+
+func scanDead(r pgx.CollectableRow) (DeadRow, error) {
+	var d DeadRow
+	err := r.Scan(&d.ID, &d.MessageID, &d.Exchange, &d.RoutingKey, &d.Attempts, &d.LastError, &d.CreatedAt, &d.DeadAt)
+	return d, err
+}
+
+// requeue gives dead rows a fresh set of attempts, due now. last_error is
+// kept so the history stays readable until the next attempt.
+const requeue = `
+UPDATE outbox SET dead_at = NULL, attempts = 0, available_at = now()
+WHERE dead_at IS NOT NULL AND ($1::bigint[] IS NULL OR id = ANY($1))
+RETURNING id`
+
+// Requeue moves dead rows back to pending: the rows with the given ids, or
+// every dead row when ids is nil. It returns the ids it requeued; an id
+// that was not dead (or does not exist) is simply not among them.
+//
+// A dead row that still breaks a row limit (see migration 3) cannot be
+// made pending: the table's CHECK constraints refuse it. Then Requeue
+// requeues the others one by one and returns them with a *RefusedError
+// naming each refused row and its constraint.
+func Requeue(ctx context.Context, db DB, ids []int64) ([]int64, error) {
+	done, err := requeueRows(ctx, db, ids)
+	if err == nil {
+		return done, nil
+	}
+	if !isCheckViolation(err) {
+		return nil, fmt.Errorf("requeue: %w", err)
+	}
+	// One row or more breaks a limit: find them, one row at a time.
+	rows, err := db.Query(ctx, `SELECT id FROM outbox WHERE dead_at IS NOT NULL AND ($1::bigint[] IS NULL OR id = ANY($1)) ORDER BY id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("requeue: %w", err)
+	}
+	dead, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("requeue: %w", err)
+	}
+	refused := &RefusedError{Constraints: map[int64]string{}}
+	done = nil
+	for _, id := range dead {
+		one, err := requeueRows(ctx, db, []int64{id})
+		var pg *pgconn.PgError
+		switch {
+		case err == nil:
+			done = append(done, one...)
+		case errors.As(err, &pg) && pg.Code == checkViolation:
+			refused.IDs = append(refused.IDs, id)
+			refused.Constraints[id] = pg.ConstraintName
+		default:
+			return done, fmt.Errorf("requeue: %w", err)
+		}
+	}
+	if len(refused.IDs) == 0 {
+		return done, nil
+	}
+	return done, refused
+}
+
+func requeueRows(ctx context.Context, db DB, ids []int64) ([]int64, error) {
+	rows, err := db.Query(ctx, requeue, ids)
+	if err != nil {
+		return nil, err
+	}
+	done, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(done, func(i, j int) bool { return done[i] < done[j] })
+	return done, nil
+}
+
+// checkViolation is SQLSTATE check_violation.
+const checkViolation = "23514"
+
+func isCheckViolation(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && pg.Code == checkViolation
+}
+
+// RefusedError lists dead rows Requeue left dead because they still break
+// a row limit; fix the field in the same UPDATE that requeues the row (see
+// docs/design.md, "Row limits").
+type RefusedError struct {
+	IDs         []int64
+	Constraints map[int64]string // id -> the CHECK constraint it breaks
+}
+
+func (e *RefusedError) Error() string {
+	parts := make([]string, len(e.IDs))
+	for i, id := range e.IDs {
+		parts[i] = fmt.Sprintf("%d (%s)", id, e.Constraints[id])
+	}
+	return "requeue: rows that still break a row limit were left dead: " + strings.Join(parts, ", ") +
+		"; fix the field in the UPDATE that requeues them"
+}
 
 // discard deletes dead rows, and only dead rows: a pending row is the
 // relay's to publish, a published one retention's to delete.

@@ -190,7 +190,7 @@ func published(t *testing.T, pool *pgxpool.Pool, messageID string) bool {
 	return p
 }
 
-// Acceptance (scale issue): retention deletes old published rows and leaves
+// Retention deletes old published rows and leaves
 // pending, dead and recent rows alone, with two relays running it at once.
 func TestRetentionDeletesOnlyOldPublishedRows(t *testing.T) {
 	t.Parallel()
@@ -266,7 +266,7 @@ func TestKeyBacklogDrainsWithoutPolling(t *testing.T) {
 	}
 }
 
-// Acceptance (keyed-claim issue): a broker that refuses a keyed row (a
+// A broker that refuses a keyed row (a
 // queue at its x-max-length with x-overflow reject-publish nacks it) while
 // it takes the key's next rows (routed to another queue). Pipelined (the
 // default), the later rows of the run were already sent: they are

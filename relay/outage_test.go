@@ -13,7 +13,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
-// Acceptance (poison issue): a batch that loses the broker mid-flight ends
+// A batch that loses the broker mid-flight ends
 // its transaction within seconds, releasing its row locks and the xmin
 // horizon, and the relay then waits for the broker outside any
 // transaction. The broker goes silent under a batch in flight (a proxy

@@ -33,7 +33,7 @@ var poisonRows = []struct {
 	{"33-deep header", "headers", `'` + strings.Repeat(`{"a":`, 34) + `1` + strings.Repeat(`}`, 34) + `'`, "deep"},
 }
 
-// Acceptance (poison issue): one row of each poison shape, in a table
+// One row of each poison shape, in a table
 // without the row-limit constraints, between good rows: the relay parks it
 // dead at once with a last_error naming the field and the limit, publishes
 // every good row, and never loses its broker connection over it.
@@ -73,7 +73,7 @@ func TestPoisonRowIsParkedAndGoodRowsFlow(t *testing.T) {
 	}
 }
 
-// Acceptance (poison issue): the second line of defence. With the row
+// Guards the second line of defence against a poison row. With the row
 // checks off, a row AMQP cannot carry goes on the wire and the connection
 // dies under the batch: the broker closes it (FRAME_ERROR) for a 200 KB
 // header, amqp091-go for a short string over 255 bytes. The batch's
@@ -374,7 +374,7 @@ func TestLeavesANodeThatMakesNoProgress(t *testing.T) {
 	}
 }
 
-// Acceptance (issue 12): a dead row shows in the metrics: dead_total, the
+// A dead row shows in the metrics: dead_total, the
 // failures by reason, and the dead_rows gauge.
 func TestDeadRowShowsInMetrics(t *testing.T) {
 	t.Parallel()

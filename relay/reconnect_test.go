@@ -34,7 +34,7 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
-// Acceptance (faults issue): no goroutine leak across 100 reconnects.
+// No goroutine leak across 100 reconnects.
 // The goroutine count after 100 cut-and-reconnect cycles settles back to
 // what it was after the first connect, and goleak (TestMain) checks that
 // nothing outlives Run.
@@ -90,7 +90,7 @@ func TestNoGoroutineLeakAcross100Reconnects(t *testing.T) {
 	})
 }
 
-// Acceptance (issue 12): two relays in one process share one registry; each
+// Two relays in one process share one registry; each
 // one's series carry its name, and the two published counts add up to the
 // rows. Two unnamed relays on one registry get an error, not a panic.
 func TestTwoRelaysShareARegistry(t *testing.T) {

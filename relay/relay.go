@@ -64,7 +64,7 @@ type Config struct {
 	// (rows of other keys and rows without a key are still pipelined), so
 	// a broker that refuses row k can never have accepted k+1 first. Off
 	// by default: a key's run is pipelined, and such an overtake is
-	// detected, counted and logged instead (see the README, "Ordering").
+	// detected, counted and logged instead (see docs/design.md, "Ordering").
 	StrictOrdering bool
 	// RescanInterval bounds how long a worker draining a backlog goes
 	// without a claim from the start of the table (default 1s).

@@ -8,7 +8,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
-// Acceptance (keyed-claim issue): the claim's work follows the keys and the
+// The claim's work follows the keys and the
 // batch, not the backlog. EXPLAIN ANALYZE of the real claim statement, in
 // the real claim transaction, over a 50,000-row backlog; the rows every
 // scan of the outbox returned (times its loops) must stay far below the

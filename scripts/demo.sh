@@ -5,7 +5,7 @@
 # orders, watch them applied to orders_applied, publish one of them again and
 # show that the copy is acked as a duplicate and applies nothing.
 #
-# Least privilege (README "Roles and grants"): the services' admin role
+# Least privilege (docs/operations.md "Roles and grants"): the services' admin role
 # `outbox` owns the tables (it migrates, grants, and creates the demo's
 # application tables); the relay runs as demo_relay, the consumer as
 # demo_consumer and the demo's inserts as demo_app, each with only the

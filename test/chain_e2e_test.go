@@ -17,8 +17,9 @@ import (
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
-// Acceptance (chain): rows enqueued with outbox.Enqueue are published by two
-// relay processes that are SIGKILLed and restarted during the drain, and
+// Exactly once through the whole chain: rows enqueued with outbox.Enqueue
+// are published by two relay processes that are SIGKILLed and restarted
+// during the drain, and
 // consumed through the inbox into a business table. Kills cause republished
 // duplicates; the business table still holds every row exactly once.
 func TestChainEnqueueRelayKillsInboxExactlyOnce(t *testing.T) {

@@ -13,7 +13,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
-// Acceptance (poison issue): memory follows max_batch_bytes, not the
+// Memory follows max_batch_bytes, not the
 // table. Four 100 MB rows (over the default max_payload_bytes, 16 MiB)
 // between good rows, and six legal rows of 16 MiB: with the default
 // settings the relay never loads the big ones (they end dead with the

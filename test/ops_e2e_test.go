@@ -11,7 +11,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
-// Acceptance (faults issue): a row whose publish can never succeed ends dead
+// A row whose publish can never succeed ends dead
 // with a readable last_error after the configured attempts; `relay dead`
 // and `relay status` show it, and `relay requeue` brings it back.
 func TestDeadRowIsListedAndRequeued(t *testing.T) {

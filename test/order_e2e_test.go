@@ -9,7 +9,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
-// Acceptance (scale issue, then keyed-claim issue): with three relays
+// With three relays
 // being SIGKILLed and restarted, rows written by concurrent writers arrive
 // with no ordering violation: for every key, the first arrivals of its
 // message ids come in id order (which the insert trigger makes commit

@@ -26,11 +26,11 @@ import (
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
-// Acceptance (issue 10, 3): a real Prometheus, loaded with the shipped
-// rules, scrapes a relay and an inbox consumer during a short drain with a
-// dead row; every dashboard panel's expression and every recording rule
-// return data through the HTTP API, and the dead-rows alert is pending or
-// firing.
+// The shipped dashboard and rules work on a real Prometheus: loaded with
+// the rules, it scrapes a relay and an inbox consumer during a short drain
+// with a dead row; every dashboard panel's expression and every recording
+// rule return data through the HTTP API, and the dead-rows alert is pending
+// or firing.
 func TestDashboardAndRulesOnARealPrometheus(t *testing.T) {
 	t.Parallel()
 	bin := testenv.Tool(t, "prometheus", "make rules installs Debian's package")

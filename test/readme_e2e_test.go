@@ -16,16 +16,17 @@ import (
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
-// section returns the blocks of lang under the README heading "### title".
-func readmeSection(t *testing.T, title, lang string) []string {
+// docSection returns the blocks of lang under the heading "### title" of
+// file (relative to the checkout: README.md, docs/design.md).
+func docSection(t *testing.T, file, title, lang string) []string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testenv.Root(), "README.md"))
+	b, err := os.ReadFile(filepath.Join(testenv.Root(), file))
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, rest, ok := strings.Cut(string(b), "\n### "+title+"\n")
 	if !ok {
-		t.Fatalf("README.md has no section %q", title)
+		t.Fatalf("%s has no section %q", file, title)
 	}
 	if end := strings.Index(rest, "\n#"); end >= 0 {
 		rest = rest[:end]
@@ -36,13 +37,14 @@ func readmeSection(t *testing.T, title, lang string) []string {
 		out = append(out, m[1])
 	}
 	if len(out) == 0 {
-		t.Fatalf("README.md section %q has no %s block", title, lang)
+		t.Fatalf("%s section %q has no %s block", file, title, lang)
 	}
 	return out
 }
 
-// The README's insert samples run as written (plain SQL through pgx, the
-// Go sample compiled and run as a program) against a migrated schema with
+// The documentation's insert samples run as written (the README's plain SQL
+// through pgx and its Go sample compiled and run as a program, and the
+// AMQP-properties insert of docs/design.md) against a migrated schema with
 // the demo's orders table, and the relay publishes what they wrote with
 // what the demo's consumer needs (order_id, total_cents).
 func TestREADMESamplesRun(t *testing.T) {
@@ -56,12 +58,14 @@ func TestREADMESamplesRun(t *testing.T) {
 	// exchange of its own, and changes nothing else.
 	exchange := testenv.Name("orders")
 	own := strings.NewReplacer(`('orders',`, `('`+exchange+`',`, `"orders",`, `"`+exchange+`",`)
-	for _, sql := range readmeSection(t, "Inserting with plain SQL", "sql") {
+	samples := docSection(t, "README.md", "Inserting with plain SQL", "sql")
+	samples = append(samples, docSection(t, "docs/design.md", "AMQP properties", "sql")...)
+	for _, sql := range samples {
 		if _, err := pool.Exec(ctx, own.Replace(sql)); err != nil {
-			t.Fatalf("README SQL sample failed: %v\n%s", err, sql)
+			t.Fatalf("SQL sample failed: %v\n%s", err, sql)
 		}
 	}
-	runGoSample(t, own.Replace(readmeSection(t, "Inserting from Go", "go")[0]), dsn)
+	runGoSample(t, own.Replace(docSection(t, "README.md", "Inserting from Go", "go")[0]), dsn)
 
 	var orders int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM orders`).Scan(&orders); err != nil || orders != 2 {
@@ -70,8 +74,8 @@ func TestREADMESamplesRun(t *testing.T) {
 	// What the demo's consumer requires of an order.
 	var complete int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE exchange = $1
-		AND convert_from(payload, 'UTF8')::jsonb ?& array['order_id', 'total_cents']`, exchange).Scan(&complete); err != nil || complete != 2 {
-		t.Fatalf("%d outbox rows with order_id and total_cents (err %v), want 2", complete, err)
+		AND convert_from(payload, 'UTF8')::jsonb ?& array['order_id', 'total_cents']`, exchange).Scan(&complete); err != nil || complete != 3 {
+		t.Fatalf("%d outbox rows with order_id and total_cents (err %v), want the 3 the samples wrote", complete, err)
 	}
 	_, ch := testenv.AMQP(t, env.AMQPURL)
 	if err := ch.ExchangeDeclare(exchange, "topic", false, true, false, false, nil); err != nil {
@@ -99,7 +103,7 @@ func TestREADMESamplesRun(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "the samples' rows to be published", func() (bool, error) {
 		var n int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NOT NULL`).Scan(&n)
-		return n == 2, err
+		return n == 3, err
 	})
 }
 

@@ -16,7 +16,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
-// Acceptance: two relay processes drain 10,000 rows together; every row
+// Two relay processes drain 10,000 rows together; every row
 // arrives once, each relay published part of them, and together they marked
 // each row once.
 func TestTwoRelaysPublishEveryRowExactlyOnce(t *testing.T) {
@@ -87,7 +87,7 @@ func TestTwoRelaysPublishEveryRowExactlyOnce(t *testing.T) {
 	}
 }
 
-// Acceptance: a bad configuration stops the binary with one clear line.
+// A bad configuration stops the binary with one clear line.
 func TestBadConfigurationExitsWithOneClearLine(t *testing.T) {
 	t.Parallel()
 	good := []string{"RELAY_DATABASE_URL=postgres://u:pw-in-config@127.0.0.1:1/db", "RELAY_AMQP_URL=amqp://127.0.0.1:1/"}
@@ -127,7 +127,7 @@ func TestBadConfigurationExitsWithOneClearLine(t *testing.T) {
 	}
 }
 
-// Acceptance: the database password never appears in the logs, whether
+// The database password never appears in the logs, whether
 // the relay runs fine or fails to log in.
 func TestPasswordNeverLogged(t *testing.T) {
 	t.Parallel()
@@ -169,7 +169,7 @@ func TestPasswordNeverLogged(t *testing.T) {
 	}
 }
 
-// Acceptance: migrate twice is a no-op, and concurrent migrates are safe.
+// Migrate twice is a no-op, and concurrent migrates are safe.
 func TestMigrateIsIdempotentAndConcurrencySafe(t *testing.T) {
 	t.Parallel()
 	dsn := testenv.NewSchema(t, false)
@@ -202,7 +202,7 @@ func TestMigrateIsIdempotentAndConcurrencySafe(t *testing.T) {
 	}
 }
 
-// Acceptance: /readyz fails while the broker is unreachable and passes once
+// /readyz fails while the broker is unreachable and passes once
 // it is; /healthz answers throughout; SIGTERM exits 0 (checked at cleanup).
 func TestReadyzFollowsTheBroker(t *testing.T) {
 	t.Parallel()

@@ -16,7 +16,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
-// Acceptance 3 (issue 11): an application with insert-only rights
+// Least privilege end to end: an application with insert-only rights
 // (keyed and unkeyed rows, plain SQL and outbox.Enqueue), a relay process
 // and an inbox consumer, each under the role `relay migrate` granted, in
 // a schema of their own; no superuser past the setup of the roles.

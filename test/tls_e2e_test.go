@@ -18,7 +18,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
-// Acceptance (TLS): the relay process and an inbox consumer reach
+// Over TLS end to end: the relay process and an inbox consumer reach
 // PostgreSQL with sslmode=verify-full and RabbitMQ over amqps:// with a
 // client certificate, both verified against the test CA; rows travel
 // outbox -> relay -> inbox, and every database session the relay and the

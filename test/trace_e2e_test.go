@@ -17,7 +17,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
-// Acceptance (issue 10, 1): one trace from a span around outbox.Enqueue,
+// One trace runs from a span around outbox.Enqueue,
 // through the relay process's publish span, to the inbox's process span and
 // a span the handler starts, each the parent of the next. Everything is
 // exported over OTLP/HTTP, by the real exporters, to one receiver in the

@@ -10,7 +10,7 @@
 // help. The database must have the inbox table (`relay migrate`).
 //
 // The consumer creates orders_applied if it is missing, which needs CREATE
-// on the schema. Under a least-privilege role (README "Roles and grants"),
+// on the schema. Under a least-privilege role (docs/operations.md "Roles and grants"),
 // run it once with -setup as the table's owner (it creates the table and
 // exits), grant the consumer's role SELECT, INSERT on orders_applied, and
 // run it as that role: an existing table is left alone.

@@ -21,7 +21,7 @@ import (
 // database alias whose server connections use search_path schema, and
 // returns a URL to it. PgBouncer 1.18 keeps no prepared statements across
 // transactions, so the URL asks pgx for unnamed statements
-// (default_query_exec_mode=exec), as the README tells users to. It is
+// (default_query_exec_mode=exec), as docs/operations.md tells users to. It is
 // stopped when the test ends.
 func StartPgBouncer(t testing.TB, schema string) string {
 	t.Helper()

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -85,6 +86,9 @@ func commands() []command {
 	}
 }
 
+// idCommands take row ids as arguments; the other commands take none.
+var idCommands = []string{"requeue", "discard", "retry"}
+
 // Main runs the command line in args (without the program name) and
 // returns the process exit code.
 func Main(ctx context.Context, args []string, environ []string, stdout, stderr io.Writer) int {
@@ -113,6 +117,13 @@ func Main(ctx context.Context, args []string, environ []string, stdout, stderr i
 			return exitOK
 		}
 		fmt.Fprintf(stderr, "relay %s: %v\n", cmd.name, err)
+		return exitUsage
+	}
+	if fs.NArg() > 0 && !slices.Contains(idCommands, cmd.name) {
+		// A boolean flag takes its value after '=': in "--strict-ordering
+		// false" the flag means true and "false" is left over, so a left-over
+		// word must stop the command rather than be ignored.
+		fmt.Fprintf(stderr, "relay %s: unexpected argument %s (a boolean flag takes its value after '=', as in --strict-ordering=false)\n", cmd.name, strconv.Quote(fs.Arg(0)))
 		return exitUsage
 	}
 	unknown := config.UnknownEnv(environ)
@@ -152,7 +163,7 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintln(w, "\nconfiguration (flag --key-name, environment RELAY_KEY_NAME, or YAML file with --config):")
 	for _, k := range config.Describe() {
-		fmt.Fprintf(w, "  %-19s default %-16q %s\n", k[0], k[1], k[2])
+		fmt.Fprintf(w, "  %-19s default %-16q %s\n", k.Name, k.Default, k.Help)
 	}
 }
 
@@ -173,7 +184,7 @@ func commandFlags(cmd *command, stdout io.Writer) *pflag.FlagSet {
 		if fs.HasFlags() {
 			fmt.Fprintf(stdout, "\nflags:\n%s", fs.FlagUsages())
 		}
-		if cmd.keys != nil && len(cmd.keys) > 0 {
+		if len(cmd.keys) > 0 {
 			fmt.Fprintln(stdout, "\nOther configuration keys are read from --config and RELAY_* variables too (relay help lists them).")
 		}
 	}

@@ -15,7 +15,7 @@ func migrateFlags(fs *pflag.FlagSet) {
 	fs.Bool("print-sql", false, "print the SQL of every migration (and the grants of the roles named) instead of applying it, for psql or another migration tool")
 	fs.Bool("print-grants", false, "print only the grants of the roles named")
 	fs.String("app-role", "", "grant this role what an application needs to write outbox rows")
-	fs.String("relay-role", "", "grant this role what `relay run` and the operations commands need")
+	fs.String("relay-role", "", "grant this role what 'relay run' and the operations commands need")
 	fs.String("consumer-role", "", "grant this role what an inbox consumer needs")
 }
 

@@ -25,7 +25,7 @@ func psql(t *testing.T, dsn, script string, env ...string) {
 	}
 }
 
-// Acceptance 1 (issue 11): the SQL `relay migrate --print-sql` prints,
+// The SQL `relay migrate --print-sql` prints,
 // applied with psql, gives the same schema as `relay migrate`, with a
 // schema named and without one (psql's search_path then decides), and
 // `relay run` accepts it.

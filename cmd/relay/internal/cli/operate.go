@@ -3,8 +3,10 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -12,8 +14,191 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/outboxrelay/outboxrelay/config"
+	"github.com/outboxrelay/outboxrelay/internal/redact"
+	"github.com/outboxrelay/outboxrelay/migrations"
 	"github.com/outboxrelay/outboxrelay/relay"
 )
+
+func statusFlags(fs *pflag.FlagSet) { fs.Bool("json", false, "print JSON") }
+
+func deadFlags(fs *pflag.FlagSet) {
+	fs.Bool("json", false, "print JSON")
+	fs.Int("limit", 100, "list at most this many rows")
+}
+
+func requeueFlags(fs *pflag.FlagSet) { fs.Bool("all", false, "requeue every dead row") }
+
+// poolConfig parses database_url and pins the pool's search_path to
+// the configured schema, so the relay's unqualified table names find it.
+func poolConfig(cfg config.Config) (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("database_url: %s", redact.Scrub(err.Error(), cfg.Secrets()))
+	}
+	if cfg.Schema != "" {
+		pc.ConnConfig.RuntimeParams["search_path"] = migrations.SearchPath(cfg.Schema)
+	}
+	return pc, nil
+}
+
+func openPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
+	pc, err := poolConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	pc.MaxConns = 2
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	return pool, nil
+}
+
+func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
+	pool, err := openPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	st, err := relay.ReadStatus(ctx, pool)
+	if err != nil {
+		return err
+	}
+	blocked, err := relay.ListBlockedKeys(ctx, pool, blockedShown)
+	if err != nil {
+		return err
+	}
+	if asJSON, _ := fs.GetBool("json"); asJSON {
+		out := map[string]any{
+			"pending":                    st.Pending,
+			"due":                        st.Due,
+			"dead":                       st.Dead,
+			"oldest_pending_age_seconds": st.OldestPendingAge.Seconds(),
+			"blocked_keys":               st.BlockedKeys,
+			"ordering_policy":            cfg.OrderingPolicy,
+			"table_bytes":                st.TableBytes,
+			"table_dead_tuples":          st.DeadTuples,
+		}
+		list := []map[string]any{} // [] when empty, never null
+		for _, s := range st.ByExchange {
+			list = append(list, map[string]any{"exchange": s.Exchange, "pending": s.Pending, "due": s.Due,
+				"dead": s.Dead, "oldest_pending_age_seconds": s.OldestPendingAge.Seconds()})
+		}
+		out["by_exchange"] = list
+		keys := []map[string]any{}
+		for _, b := range blocked {
+			keys = append(keys, map[string]any{"ordering_key": b.Key, "dead_id": b.DeadID, "waiting": b.Waiting})
+		}
+		out["blocked"] = keys
+		return writeJSON(e, out)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "exchange\tpending\tdue\tdead\toldest pending")
+	for _, s := range st.ByExchange {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", exchangeName(s.Exchange), s.Pending, s.Due, s.Dead, age(s.OldestPendingAge))
+	}
+	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%s\n", st.Pending, st.Due, st.Dead, age(st.OldestPendingAge))
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	held := "their later rows wait until the dead row is requeued or deleted"
+	if cfg.OrderingPolicy == "skip" {
+		held = "their later rows are published past it"
+	}
+	fmt.Fprintf(e.stdout, "\nordering keys with a dead row: %d (ordering_policy %s: %s)\n", st.BlockedKeys, cfg.OrderingPolicy, held)
+	printBlocked(e, blocked, st.BlockedKeys)
+	fmt.Fprintf(e.stdout, "outbox table: %.1f MiB, %d dead tuples\n", float64(st.TableBytes)/(1<<20), st.DeadTuples)
+	return nil
+}
+
+func runDead(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
+	limit, _ := fs.GetInt("limit")
+	if limit < 1 {
+		return usageError{"--limit must be at least 1"}
+	}
+	pool, err := openPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	rows, err := relay.ListDead(ctx, pool, limit)
+	if err != nil {
+		return err
+	}
+	if asJSON, _ := fs.GetBool("json"); asJSON {
+		return writeJSON(e, deadJSON(rows))
+	}
+	if len(rows) == 0 {
+		fmt.Fprintln(e.stdout, "no dead rows")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "id\tmessage_id\texchange\trouting_key\tattempts\tdead_at\tlast_error")
+	for _, d := range rows {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, printable(d.MessageID), exchangeName(d.Exchange),
+			printable(d.RoutingKey), d.Attempts, d.DeadAt.UTC().Format(time.RFC3339), printable(oneLine(d.LastError)))
+	}
+	if len(rows) == limit {
+		fmt.Fprintf(tw, "(first %d shown; --limit for more)\n", limit)
+	}
+	return tw.Flush()
+}
+
+func runRequeue(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
+	all, _ := fs.GetBool("all")
+	ids, err := parseIDs(fs.Args())
+	if err != nil {
+		return err
+	}
+	switch {
+	case all && len(ids) > 0:
+		return usageError{"give row ids or --all, not both"}
+	case !all && len(ids) == 0:
+		return usageError{"give the ids of the dead rows to requeue, or --all"}
+	}
+	pool, err := openPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	done, err := relay.Requeue(ctx, pool, ids)
+	var refused *relay.RefusedError
+	if err != nil && !errors.As(err, &refused) {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "requeued %d dead row(s)%s\n", len(done), listSuffix(done))
+	if refused != nil {
+		return refused
+	}
+	if missing := notIn(ids, done); len(missing) > 0 {
+		return fmt.Errorf("not dead or not found, left as they were: %s", joinInts(missing))
+	}
+	return nil
+}
+
+func listSuffix(ids []int64) string {
+	if len(ids) == 0 || len(ids) > 20 {
+		return ""
+	}
+	return ": " + joinInts(ids)
+}
+
+// exchangeName names an exchange for text output.
+func exchangeName(ex string) string {
+	if ex == "" {
+		return "(default)"
+	}
+	return printable(ex)
+}
+
+func age(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return d.Round(time.Second).String()
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // blockedShown is how many blocked keys relay status lists.
 const blockedShown = 20
