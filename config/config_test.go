@@ -45,7 +45,7 @@ func TestLoadPrecedence(t *testing.T) {
 	if c.PollInterval != 2*time.Second {
 		t.Errorf("poll_interval from file: %s", c.PollInterval)
 	}
-	if c.ConfirmTimeout != 30*time.Second || c.LogFormat != "json" {
+	if c.ConfirmTimeout != 5*time.Second || c.LogFormat != "json" {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 }
