@@ -74,6 +74,21 @@ type judgement struct {
 	stall stall
 }
 
+// count returns how many of the segment's rows got state s.
+func (j judgement) count(s rowState) int {
+	n := 0
+	for _, o := range j.outs {
+		if o.state == s {
+			n++
+		}
+	}
+	return n
+}
+
+// missed reports whether some row was not published: only then can a
+// send hold an overtake (the common all-confirmed send skips the search).
+func (j judgement) missed() bool { return j.count(statePublished) < len(j.outs) }
+
 // judge decides a segment's outcomes from its report. lone says the
 // segment was a single row published alone on the connection (Relay.publishMu
 // held exclusively): if the broker kills the connection then, that row is

@@ -230,7 +230,7 @@ func (w *worker) send(ctx context.Context, b *batch, todo []int, pipelined bool)
 	for k, i := range todo {
 		b.outs[i] = j.outs[k]
 	}
-	if pipelined {
+	if pipelined && j.missed() {
 		w.noteOvertakes(b, todo, &rep)
 	}
 	if err := w.publishAlone(ctx, b, todo, j.again); err != nil {
@@ -243,7 +243,7 @@ func (w *worker) send(ctx context.Context, b *batch, todo []int, pipelined bool)
 	}
 	switch {
 	case j.stall != noStall:
-		w.stalled(j.stall, cc, &rep)
+		w.stalled(j, cc, &rep)
 		return errBrokerStalled
 	case rep.cause != nil && rep.cause.connection:
 		return errConnectionLost
@@ -299,7 +299,7 @@ func (w *worker) publishAlone(ctx context.Context, b *batch, todo, again []int) 
 		b.outs[i] = j.outs[0]
 		switch {
 		case j.stall != noStall:
-			w.stalled(j.stall, cc, &rep)
+			w.stalled(j, cc, &rep)
 			return errBrokerStalled
 		case rep.cause != nil && rep.cause.connection:
 			if rep.cause.server() {
@@ -317,12 +317,14 @@ func (w *worker) publishAlone(ctx context.Context, b *batch, todo, again []int) 
 // rows it left are counted as uncharged, and the worker leaves the node
 // when another is listed. The channel is dropped either way: late confirms
 // on it must not be read as the next send's.
-func (w *worker) stalled(why stall, cc *confirmChannel, rep *segmentReport) {
-	w.r.m.stalls.WithLabelValues(string(why)).Inc()
-	w.r.m.uncharged.WithLabelValues(string(why)).Add(float64(rep.count(vTimedOut) + rep.count(vNacked)))
-	left := w.r.broker.abandon(cc.conn, string(why))
+func (w *worker) stalled(j judgement, cc *confirmChannel, rep *segmentReport) {
+	why := string(j.stall)
+	timedOut, deferred := rep.count(vTimedOut), j.count(stateDeferred)
+	w.r.m.stalls.WithLabelValues(why).Inc()
+	w.r.m.uncharged.WithLabelValues(why).Add(float64(timedOut + deferred))
+	left := w.r.broker.abandon(cc.conn, why)
 	w.log.Warn("broker node made no progress; rows released uncharged",
-		"reason", string(why), "timed_out", rep.count(vTimedOut), "nacked", rep.count(vNacked), "left_node", left)
+		"reason", why, "timed_out", timedOut, "deferred", deferred, "left_node", left)
 	w.closeChannel()
 }
 

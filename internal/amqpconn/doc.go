@@ -11,7 +11,10 @@
 //     speaks cannot hold a shutdown for the handshake timeout (10 s).
 //   - The URLs are a failover list, tried in turn. After a failed dial or a
 //     lost connection the next URL is tried first, so a node that just
-//     failed is tried last.
+//     failed is tried last. A node the owner abandons for making no
+//     progress (Abandon: confirms stopped on a live connection) is left at
+//     once, without backoff, and skipped until every other URL failed to
+//     dial.
 //   - Reconnecting backs off with full jitter (internal/backoff), after a
 //     failed dial and after a lost connection alike, so clients that lose
 //     one node do not return to the next in lockstep. The streak of
