@@ -42,7 +42,7 @@ docs: ## regenerate docs/configuration.md from the configuration's key table (co
 	$(GO) generate ./config
 
 .PHONY: test
-test: ## install and start the services, lint, run every test with the race detector, a short fuzz of each target, then the fault suite
+test: ## install and start the services, lint, run every test with the race detector, a short fuzz of each target, then the fault and partition suites
 	@scripts/services.sh up >/dev/null
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory rules
@@ -50,6 +50,7 @@ test: ## install and start the services, lint, run every test with the race dete
 	@$(MAKE) --no-print-directory deploy-check
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	@$(MAKE) --no-print-directory fault
+	@$(MAKE) --no-print-directory partition
 
 .PHONY: deploy-check
 deploy-check: ## check docker-compose.yml, the Dockerfile, the Kubernetes manifests and the systemd units with real parsers (module deploy/)
@@ -65,6 +66,13 @@ rules: ## check and unit-test the Prometheus rules (deploy/prometheus), installi
 fault: ## the fault suite alone: kills, broker and database restarts, cuts, cluster failover, alarms (restarts the local services)
 	@scripts/services.sh up >/dev/null
 	. $(ENV_FILE) && $(GO) test -tags fault -race -count=1 -v -timeout 25m ./test/fault 2>&1 | grep --line-buffered -vE '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
+
+.PHONY: partition
+partition: ## the partition suite alone: RabbitMQ nodes in network namespaces cut off, bridged, flapping, a slow lossy link (root; PARTITION_SEED, RUN to pick)
+	@scripts/services.sh up >/dev/null
+	@scripts/services.sh netns-up ignore >/dev/null
+	. $(ENV_FILE) && $(GO) test -tags partition -race -count=1 -v -timeout 30m $(if $(RUN),-run '$(RUN)') ./test/partition 2>&1 | grep --line-buffered -vE '^=== (RUN|PAUSE|CONT)'; rc=$${PIPESTATUS[0]}; \
+	  scripts/services.sh netns-down >/dev/null; exit $$rc
 
 .PHONY: demo
 demo: build ## bring everything up, run the relay and the orders consumer, insert rows with plain SQL, show them arrive and apply exactly once

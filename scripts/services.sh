@@ -3,6 +3,8 @@
 #
 # Usage: scripts/services.sh up|down|status|env|rabbit-stop|rabbit-start|pg-restart|clean
 #        scripts/services.sh cluster-up|cluster-down|cluster-clean
+#        scripts/services.sh netns-up [ignore|pause_minority]|netns-down|netns-clean|netns-status
+#        scripts/services.sh netns-isolate N|netns-bridge A B|netns-heal [--wait]|netns-leader QUEUE
 #        scripts/services.sh node-stop N|node-start N|rabbitmqctl N ARGS...
 #
 #   up            start both services (idempotent, safe to run concurrently) and
@@ -31,6 +33,29 @@
 #   node-start N  start node N and wait until it runs and (for 1..3) shows as
 #                 running in another member's cluster_status
 #   rabbitmqctl N ARGS...  run rabbitmqctl ARGS against node N (0/single, 1..3)
+#
+# Partition-suite cluster (local mode, root; scripts/services/netns.sh): three
+# nodes rabbit@10.213.S.N (N=1..3, S = the slot), each in its own network
+# namespace orelay-sS-nN joined by veth pairs to the bridge orbrS
+# (10.213.S.254 in the root namespace); AMQP 10.213.S.N:5672, management
+# 10.213.S.N:15672; net_ticktime 10 s. Partitions are blackhole routes inside
+# the namespaces: node-to-node traffic is cut, clients still reach each node.
+#   netns-up [ignore|pause_minority]  create the namespaces and start/join the
+#                 nodes with that cluster_partition_handling (default ignore;
+#                 another mode than the running one restarts the nodes); wait
+#                 until every node shows 3 running nodes and no partition;
+#                 print RELAY_TEST_NETNS_AMQP_URLS and _MANAGEMENT_URLS
+#   netns-down    stop the nodes, remove the namespaces and the bridge (data kept)
+#   netns-clean   netns-down + delete the nodes' data
+#   netns-isolate N  cut node N off from the other two
+#   netns-bridge A B  cut A from B (and B from A); the third node sees both
+#   netns-heal [--wait]  remove every cut; with --wait, also wait until the
+#                 cluster has settled (3 running nodes, no partition), under
+#                 ignore restarting the rabbit app of a node that still
+#                 reports a partition 20 s after the heal
+#   netns-leader QUEUE  print the number (1..3) of the node leading quorum
+#                 queue QUEUE (vhost /)
+#   netns-status  the nodes, their view of the cluster and the cuts in place
 #
 # If `docker info` works, the services from docker-compose.yml are used.
 # Otherwise PostgreSQL and RabbitMQ run as local processes (as the postgres and
@@ -71,18 +96,20 @@ LIB="$ROOT/scripts/services"
 . "$LIB/rabbitmq.sh"
 # shellcheck source=services/cluster.sh
 . "$LIB/cluster.sh"
+# shellcheck source=services/netns.sh
+. "$LIB/netns.sh"
 
 if [ -n "${OUTBOXRELAY_SLOT:-}" ]; then
 	[[ "$OUTBOXRELAY_SLOT" =~ ^[0-9]$ ]] || die "OUTBOXRELAY_SLOT must be 0-9"
 	set_slot_vars "$OUTBOXRELAY_SLOT"
 elif [ -s "$STATE/slot" ]; then
 	set_slot_vars "$(cat "$STATE/slot")"
-elif [ "${1:-}" = up ] || [ "${1:-}" = cluster-up ]; then
+elif [ "${1:-}" = up ] || [ "${1:-}" = cluster-up ] || [ "${1:-}" = netns-up ]; then
 	slot="$(claim_slot)" || exit 1
 	set_slot_vars "$slot"
 else
 	case "${1:-}" in
-	down | clean | demo-stop)
+	down | clean | demo-stop | netns-down | netns-clean | netns-heal)
 		log "no services were started from this checkout (no $STATE/slot): nothing to stop"
 		exit 0
 		;;
@@ -127,7 +154,10 @@ cmd_down() {
 	if [ -n "$RMQ_BIN" ]; then
 		resolve_cluster_dirs
 		cluster_stop_all
+		resolve_netns_dirs
+		netns_stop_all
 	fi
+	[ "$(id -u)" != 0 ] || ! command -v ip >/dev/null 2>&1 || netns_net_down
 	if [ "$(current_mode)" = docker ] && docker_works; then
 		compose down >&2
 	else
@@ -142,7 +172,7 @@ cmd_down() {
 cmd_clean() {
 	cmd_down
 	local target
-	for d in pg rabbitmq rabbitmq-cluster; do
+	for d in pg rabbitmq rabbitmq-cluster rabbitmq-netns; do
 		if [ -L "$STATE/$d" ]; then
 			target="$(readlink -f "$STATE/$d" || true)"
 			[ -z "$target" ] || rm -rf "$target"
@@ -175,6 +205,10 @@ cmd_status() {
 	if [ "$mode" = local ]; then
 		resolve_cluster_dirs
 		cluster_status_lines
+		if [ "$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1 && netns_exists 1; then
+			resolve_netns_dirs
+			netns_status_lines
+		fi
 	fi
 	local pid
 	pid="$(cat "$DEMO_PID_FILE" 2>/dev/null || true)"
@@ -204,6 +238,14 @@ node-stop) cmd_node_stop "${2:-}" ;;
 node-start) cmd_node_start "${2:-}" ;;
 pgbouncer-bin) cmd_pgbouncer_bin ;;
 demo-stop) stop_demo_processes ;;
+netns-up) cmd_netns_up "${2:-}" ;;
+netns-down) cmd_netns_down ;;
+netns-clean) cmd_netns_clean ;;
+netns-isolate) cmd_netns_isolate "${2:-}" ;;
+netns-bridge) cmd_netns_bridge "${2:-}" "${3:-}" ;;
+netns-heal) cmd_netns_heal "${2:-}" ;;
+netns-leader) cmd_netns_leader "${2:-}" ;;
+netns-status) cmd_netns_status ;;
 rabbitmqctl)
 	shift
 	cmd_rabbitmqctl "$@"
@@ -211,6 +253,8 @@ rabbitmqctl)
 *)
 	echo "usage: $0 up|down|status|env|rabbit-stop|rabbit-start|pg-restart|clean" >&2
 	echo "       $0 cluster-up|cluster-down|cluster-clean|node-stop N|node-start N|rabbitmqctl N ARGS..." >&2
+	echo "       $0 netns-up [ignore|pause_minority]|netns-down|netns-clean|netns-status" >&2
+	echo "       $0 netns-isolate N|netns-bridge A B|netns-heal [--wait]|netns-leader QUEUE" >&2
 	echo "       $0 pgbouncer-bin|demo-stop" >&2
 	exit 2
 	;;

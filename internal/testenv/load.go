@@ -84,13 +84,3 @@ func KillLoop(relays []*RelayProc, lo, hi time.Duration) (stop func() int) {
 		return <-done
 	}
 }
-
-// WaitPublished waits until the outbox has no unpublished row.
-func WaitPublished(t testing.TB, pool *pgxpool.Pool, within time.Duration) {
-	t.Helper()
-	Eventually(t, within, "every row published", func() (bool, error) {
-		var left int
-		err := pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&left)
-		return left == 0, err
-	})
-}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -195,6 +196,33 @@ func (p *RelayProc) Metric(name string) string {
 		}
 	}
 	return ""
+}
+
+// MetricSum returns the sum of every series of metric name (all label
+// sets) from /metrics, and whether the relay answered and exposes it.
+func (p *RelayProc) MetricSum(name string) (float64, bool) {
+	resp, err := http.Get(p.URL() + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	sum, found := 0.0, false
+	for _, line := range strings.Split(buf.String(), "\n") {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		fields := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
+		if len(fields) == 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(fields[0], 64); err == nil {
+			sum, found = sum+v, true
+		}
+	}
+	return sum, found
 }
 
 // CleanEnv is the process environment without any RELAY_* variable.

@@ -458,16 +458,8 @@ func OrderViolations(t testing.TB, pool *pgxpool.Pool, arrivals []string) (viola
 	}); err != nil {
 		t.Fatal(err)
 	}
-	last := map[string]int64{}
-	for _, m := range arrivals {
+	return orderViolations(arrivals, func(m string) (string, int64, bool) {
 		r, ok := byMsg[m]
-		if !ok {
-			continue
-		}
-		if r.id < last[r.key] {
-			violations++
-		}
-		last[r.key] = max(last[r.key], r.id)
-	}
-	return violations, len(last)
+		return r.key, r.id, ok
+	})
 }

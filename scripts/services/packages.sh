@@ -53,6 +53,7 @@ ensure_packages() {
 	[ -n "$PG_BIN" ] && command -v psql >/dev/null 2>&1 || want+=(postgresql)
 	[ -n "$RMQ_BIN" ] || want+=(rabbitmq-server)
 	command -v curl >/dev/null 2>&1 || want+=(curl)
+	command -v ip >/dev/null 2>&1 || want+=(iproute2) # the partition suite's network namespaces
 	command -v openssl >/dev/null 2>&1 || want+=(openssl) # the test certificates
 	# The pooler tests run their own pgbouncer processes.
 	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || want+=(pgbouncer)

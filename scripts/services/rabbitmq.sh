@@ -41,16 +41,17 @@ mgmt_ok() {
 
 rmq_ping() { [ -n "$RMQ_BIN" ] && rmq rabbitmq-diagnostics -q ping --timeout 5 >/dev/null 2>&1; }
 
-# rmq_write_node_files DIR MGMT_PORT: write a node's rabbitmq.conf, whose
-# listeners the caller passes on stdin, and its other files; shared by the
-# single node and the cluster's nodes.
+# rmq_write_node_files DIR MGMT_PORT [MGMT_IP]: write a node's rabbitmq.conf,
+# whose listeners the caller passes on stdin, and its other files; shared by
+# the single node and the clusters' nodes. MGMT_IP defaults to 127.0.0.1 (the
+# namespaced nodes listen on their own address).
 rmq_write_node_files() {
-	local d="$1" mgmt_port="$2"
+	local d="$1" mgmt_port="$2" mgmt_ip="${3:-127.0.0.1}"
 	{
 		echo "# Managed by scripts/services.sh; rewritten on every start."
 		cat
 		cat <<EOF
-management.tcp.ip = 127.0.0.1
+management.tcp.ip = $mgmt_ip
 management.tcp.port = $mgmt_port
 # Only applied when the node boots with an empty database:
 default_vhost = /

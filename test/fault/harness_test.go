@@ -4,7 +4,6 @@ package fault
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -13,9 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 	"github.com/outboxrelay/outboxrelay/outbox"
@@ -87,11 +84,13 @@ func run(t *testing.T, name string, d drain, fault func(ctx context.Context, h *
 	ctx, cancel := context.WithCancel(context.Background())
 	faults := make(chan int, 1)
 	go func() { faults <- fault(ctx, h) }()
-	h.write(d.rows, d.rate)
+	testenv.WriteRows(context.Background(), t, h.pool, d.rows, d.rate, func(i int) outbox.Message {
+		return outbox.Message{MessageID: uuid.NewString(), RoutingKey: h.queue, Payload: []byte(fmt.Sprintf(`{"n":%d}`, i))}
+	})
 	cancel()
 	nFaults := <-faults
 
-	h.waitPublished(3 * time.Minute)
+	testenv.WaitPublished(t, h.pool, 3*time.Minute, h.relays...)
 	elapsed := time.Since(start)
 
 	committed := map[string]bool{}
@@ -110,7 +109,12 @@ func run(t *testing.T, name string, d drain, fault func(ctx context.Context, h *
 		t.Fatal(err)
 	}
 
-	seen, deliveries := consumeAll(t, d.consume, h.queue, committed)
+	arrivals := testenv.ConsumeAll(t, strings.Split(d.consume, ","), h.queue, committed)
+	seen := map[string]int{}
+	for _, a := range arrivals {
+		seen[a.MessageID]++
+	}
+	deliveries := len(arrivals)
 	lost := 0
 	for id := range committed {
 		if seen[id] == 0 {
@@ -130,138 +134,5 @@ func run(t *testing.T, name string, d drain, fault func(ctx context.Context, h *
 	// every worker's batch on every relay, per fault.
 	if bound := (nFaults + 1) * d.relays * 2 * 200; dups > bound {
 		t.Errorf("%s: %d duplicates, more than the %d that could have been in flight", name, dups, bound)
-	}
-}
-
-// write commits n rows at rate rows/s in transactions of 50, retrying a
-// transaction whose outcome is unknown: it reuses its message ids, so a
-// retry of a commit that did land fails on the unique key and counts as
-// done.
-func (h *harness) write(n, rate int) {
-	const perTx = 50
-	tick := time.NewTicker(time.Second * perTx / time.Duration(rate))
-	defer tick.Stop()
-	msgs := make([]outbox.Message, perTx)
-	for written := 0; written < n; written += perTx {
-		<-tick.C
-		for i := range msgs {
-			msgs[i] = outbox.Message{MessageID: uuid.NewString(), RoutingKey: h.queue,
-				Payload: []byte(fmt.Sprintf(`{"n":%d}`, written+i))}
-		}
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			_, err := outbox.Enqueue(context.Background(), h.pool, msgs...)
-			var pgErr *pgconn.PgError
-			if err == nil || (errors.As(err, &pgErr) && pgErr.Code == "23505") {
-				break
-			}
-			if time.Now().After(deadline) {
-				h.t.Fatalf("writer: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond) // the database is restarting: retry the same rows
-		}
-	}
-}
-
-// consumeAll reads the queue until every committed id has arrived and the
-// queue is empty, or nothing arrives for 15s; it returns deliveries per id
-// and the total.
-func consumeAll(t *testing.T, amqpURL, queue string, committed map[string]bool) (map[string]int, int) {
-	t.Helper()
-	urls := strings.Split(amqpURL, ",")
-	var conn *amqp.Connection
-	var err error
-	for _, u := range urls {
-		if conn, err = amqp.Dial(u); err == nil {
-			break
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.Qos(2000, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	deliveries, err := ch.Consume(queue, "", true, false, false, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]int{}
-	total := 0
-	idle := time.NewTimer(15 * time.Second)
-	defer idle.Stop()
-	for {
-		select {
-		case dl, ok := <-deliveries:
-			if !ok {
-				t.Fatal("consumer closed")
-			}
-			seen[dl.MessageId]++
-			total++
-			if len(seen) >= len(committed) {
-				// Everything arrived; drain what is left (duplicates).
-				q, err := ch.QueueDeclarePassive(queue, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
-				if err == nil && q.Messages == 0 && len(deliveries) == 0 {
-					return seen, total
-				}
-			}
-			if !idle.Stop() {
-				<-idle.C
-			}
-			idle.Reset(15 * time.Second)
-		case <-idle.C:
-			return seen, total
-		}
-	}
-}
-
-// waitPublished waits until no row is pending; when time runs out it reports
-// what is left (the rows and each relay's log) before failing.
-func (h *harness) waitPublished(within time.Duration) {
-	h.t.Helper()
-	ctx := context.Background()
-	end := time.Now().Add(within)
-	for {
-		var left int
-		err := h.pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&left)
-		if err == nil && left == 0 {
-			return
-		}
-		if time.Now().After(end) {
-			h.reportPending()
-			h.t.Fatalf("timed out after %s waiting for every row published: %d left (last error: %v)", within, left, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func (h *harness) reportPending() {
-	rows, err := h.pool.Query(context.Background(), `SELECT id, coalesce(ordering_key, ''), attempts, suspected,
-		coalesce(last_error, ''), available_at - now(), dead_at IS NOT NULL FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 20`)
-	if err != nil {
-		h.t.Logf("pending rows: %v", err)
-	} else {
-		for rows.Next() {
-			var id int64
-			var key, lastErr string
-			var attempts int
-			var suspected, dead bool
-			var due time.Duration
-			if err := rows.Scan(&id, &key, &attempts, &suspected, &lastErr, &due, &dead); err != nil {
-				h.t.Logf("pending rows: %v", err)
-				break
-			}
-			h.t.Logf("pending: id %d key %q attempts %d suspected %v dead %v due in %s last_error %q", id, key, attempts, suspected, dead, due, lastErr)
-		}
-		rows.Close()
-	}
-	for i, r := range h.relays {
-		logs := strings.Split(r.Logs(), "\n")
-		h.t.Logf("relay %d log (last 60 lines):\n%s", i, strings.Join(logs[max(0, len(logs)-60):], "\n"))
 	}
 }
