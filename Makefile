@@ -39,6 +39,7 @@ test: ## install and start the services, lint, run every test with the race dete
 	@$(MAKE) --no-print-directory deploy-check
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	@$(MAKE) --no-print-directory fault
+	@$(MAKE) --no-print-directory partition
 
 .PHONY: deploy-check
 deploy-check: ## check docker-compose.yml, the Dockerfile, the Kubernetes manifests and the systemd units with real parsers (module deploy/)
@@ -54,6 +55,11 @@ rules: ## check and unit-test the Prometheus rules (deploy/prometheus), installi
 fault: ## the fault suite alone: kills, broker and database restarts, cuts, cluster failover, alarms (restarts the local services)
 	@scripts/services.sh up >/dev/null
 	. $(ENV_FILE) && $(GO) test -tags fault -race -count=1 -v -timeout 25m ./test/fault 2>&1 | grep --line-buffered -vE '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
+
+.PHONY: partition
+partition: ## the partition and failover suite alone: a PostgreSQL primary and standby (scripts/services.sh pg-pair-up), promotions mid-drain
+	@scripts/services.sh up >/dev/null
+	. $(ENV_FILE) && $(GO) test -tags partition -race -count=1 -v -timeout 20m ./test/partition 2>&1 | grep --line-buffered -vE '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
 
 .PHONY: demo
 demo: build ## bring everything up, run the relay and the orders consumer, insert rows with plain SQL, show them arrive and apply exactly once

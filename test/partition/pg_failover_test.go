@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -163,6 +164,11 @@ func pgFailover(t *testing.T, mode string) {
 
 	// The relays followed: each LISTENs on the new primary again and is ready.
 	np := testenv.Pool(t, pair.StandbyURL)
+	su, err := url.Parse(pair.StandbyURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newPrimary := su.Host
 	testenv.Eventually(t, time.Minute, "both relays LISTEN on the new primary", func() (bool, error) {
 		var n int
 		err := np.QueryRow(context.Background(),
@@ -180,8 +186,10 @@ func pgFailover(t *testing.T, mode string) {
 			return resp.StatusCode == http.StatusOK, nil
 		})
 		logs := r.Logs()
-		if !strings.Contains(logs, "notification listener lost") {
-			t.Errorf("relay %d: the log does not show the LISTEN connection lost and re-established:\n%s", i, pgTail(logs, 40))
+		follows := `"msg":"listening for inserts"` // then the channel, then the server
+		if !strings.Contains(logs, "notification listener lost") || !strings.Contains(logs, `"server":"`+newPrimary+`"`) ||
+			!strings.Contains(logs, follows) {
+			t.Errorf("relay %d: the log does not show the LISTEN connection lost and re-established on %s:\n%s", i, newPrimary, pgTail(logs, 40))
 		}
 		if n := strings.Count(logs, "SQLSTATE 25006"); n > 0 {
 			t.Logf("relay %d: %d batches refused by a read-only server", i, n)
