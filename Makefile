@@ -68,7 +68,7 @@ fault: ## the fault suite alone: kills, broker and database restarts, cuts, clus
 	. $(ENV_FILE) && $(GO) test -tags fault -race -count=1 -v -timeout 25m ./test/fault 2>&1 | grep --line-buffered -vE '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
 
 .PHONY: partition
-partition: ## the partition suite alone: RabbitMQ nodes in network namespaces cut off, bridged, flapping, a slow lossy link (root; PARTITION_SEED, RUN to pick)
+partition: ## the partition and failover suite alone: RabbitMQ nodes in network namespaces cut off, bridged, flapping, a slow lossy link; a PostgreSQL primary promoted mid-drain (root; PARTITION_SEED, RUN to pick)
 	@scripts/services.sh up >/dev/null
 	@scripts/services.sh netns-up ignore >/dev/null
 	. $(ENV_FILE) && $(GO) test -tags partition -race -count=1 -v -timeout 30m $(if $(RUN),-run '$(RUN)') ./test/partition 2>&1 | grep --line-buffered -vE '^=== (RUN|PAUSE|CONT)'; rc=$${PIPESTATUS[0]}; \

@@ -1,13 +1,21 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
+
+// ErrReadOnly is what Ready reports while the pool reaches a server that
+// takes no writes (a hot standby, or default_transaction_read_only): point
+// database_url at every node with target_session_attrs=read-write.
+var ErrReadOnly = errors.New("relay: the database server is read-only (a standby?)")
 
 // ErrPermanent is wrapped by database errors that no retry can fix without
 // an operator: wrong password or role, missing database, schema, table,
@@ -47,6 +55,38 @@ func Permanent(err error) error {
 		return fmt.Errorf("%w: %s (SQLSTATE %s)%s", ErrPermanent, pg.Message, pg.Code, hint)
 	}
 	return nil
+}
+
+// transientCodes are the SQLSTATEs of a server going away or not taking
+// writes yet: what a failover looks like from the client. Class 08
+// (connection exception) is transient as a whole.
+var transientCodes = map[string]bool{
+	"25006": true, // read_only_sql_transaction: a standby, or a primary fenced read-only
+	"57P01": true, // admin_shutdown: pg_ctl stop -m fast, pg_terminate_backend
+	"57P02": true, // crash_shutdown: another backend crashed, or -m immediate
+	"57P03": true, // cannot_connect_now: starting up, shutting down, in recovery
+	"40001": true, // serialization_failure
+	"40P01": true, // deadlock_detected
+}
+
+// Transient reports whether err is a database failure that retrying (on
+// a new connection, perhaps to another host) can fix: the server went
+// away, refused a write because it is read-only, or could not be reached.
+// A batch failing so is rolled back and retried, never charged to its
+// rows. Permanent errors are never transient.
+func Transient(err error) bool {
+	if err == nil || Permanent(err) != nil {
+		return false
+	}
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) {
+		return pg.Code[:2] == "08" || transientCodes[pg.Code]
+	}
+	var connect *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connect) || errors.As(err, &netErr) || pgconn.Timeout(err) ||
+		pgconn.SafeToRetry(err) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, net.ErrClosed)
 }
 
 // health is what the workers learned about the database, for Ready and

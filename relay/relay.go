@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/propagation"
@@ -187,6 +188,27 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// DefaultConnectTimeout bounds each host's connection attempt when the
+// database URL sets no connect_timeout (see ConnDefaults).
+const DefaultConnectTimeout = 5 * time.Second
+
+// ConnDefaults fills in what a relay's database connections need to follow
+// a failover: a per-host connect timeout (DefaultConnectTimeout) unless the
+// URL set connect_timeout. Without one, pgx waits on the first host of a
+// multi-host URL for as long as the operating system keeps the attempt
+// open, forever if the host accepts TCP and never answers, and never tries
+// the next one: a dead primary would stall the relay although the promoted
+// standby is one host away. (connect_timeout=0, which libpq reads as "no
+// limit", cannot be told from an absent one and gets the default too.)
+// The binary applies it to database_url and the relay to
+// ListenDatabaseURL; a program passing its own pool should call it on the
+// pool's ConnConfig.
+func ConnDefaults(c *pgconn.Config) {
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+}
+
 // Relay moves rows from the outbox table to RabbitMQ. Create it with New
 // and run it with Run; it is safe to run several relays, in one process or
 // many, against one table.
@@ -310,16 +332,22 @@ func (r *Relay) Run(parent context.Context) error {
 	return nil
 }
 
-// Ready reports whether the database answers and accepts the relay's
-// claims, and a broker connection is open; it backs /readyz. After a
-// permanent database error (see ErrPermanent) it stays not ready, with the
-// reason, until a batch succeeds again.
+// Ready reports whether the database answers and accepts writes (a
+// read-only server, such as a standby not yet promoted, cannot take the
+// relay's claims), the relay's claims succeed, and a broker connection is
+// open; it backs /readyz. After a permanent database error (see
+// ErrPermanent) it stays not ready, with the reason, until a batch
+// succeeds again.
 func (r *Relay) Ready(ctx context.Context) error {
 	if err := r.health.permanent(); err != nil {
 		return err
 	}
-	if err := r.pool.Ping(ctx); err != nil {
+	var readOnly string
+	if err := r.pool.QueryRow(ctx, "SHOW transaction_read_only").Scan(&readOnly); err != nil {
 		return fmt.Errorf("database: %w", err)
+	}
+	if readOnly == "on" {
+		return fmt.Errorf("database: %w", ErrReadOnly)
 	}
 	if !r.broker.connected() {
 		return ErrBrokerUnavailable

@@ -56,6 +56,22 @@
 #   netns-leader QUEUE  print the number (1..3) of the node leading quorum
 #                 queue QUEUE (vhost /)
 #   netns-status  the nodes, their view of the cluster and the cuts in place
+# Failover-test PostgreSQL pair (local mode only; scripts/services/pgpair.sh):
+#   pg-pair-up [sync|async]  a primary (PG_PORT+6) and a streaming standby
+#                 (PG_PORT+7, pg_basebackup -R) with data under
+#                 .services/pgpair/; sync (the default) makes the standby
+#                 synchronous (synchronous_standby_names = '*'), async does
+#                 not. Waits until the standby streams (as sync, in sync
+#                 mode); reuses a healthy pair of that mode, rebuilds
+#                 anything else (e.g. after a promotion). Prints
+#                 RELAY_TEST_PGPAIR_URL (the multi-host URL with
+#                 target_session_attrs=read-write) and the nodes' own URLs.
+#   pg-pair-promote          promote the standby (pg_ctl promote -w) and
+#                 check it left recovery
+#   pg-pair-stop-primary [fast|immediate]  stop the primary (immediate is
+#                 the default: a crash, no shutdown checkpoint)
+#   pg-pair-url   print RELAY_TEST_PGPAIR_* (starts nothing)
+#   pg-pair-down  stop both nodes (data kept); pg-pair-clean also deletes it
 #
 # If `docker info` works, the services from docker-compose.yml are used.
 # Otherwise PostgreSQL and RabbitMQ run as local processes (as the postgres and
@@ -98,6 +114,8 @@ LIB="$ROOT/scripts/services"
 . "$LIB/cluster.sh"
 # shellcheck source=services/netns.sh
 . "$LIB/netns.sh"
+# shellcheck source=services/pgpair.sh
+. "$LIB/pgpair.sh"
 
 if [ -n "${OUTBOXRELAY_SLOT:-}" ]; then
 	[[ "$OUTBOXRELAY_SLOT" =~ ^[0-9]$ ]] || die "OUTBOXRELAY_SLOT must be 0-9"
@@ -165,6 +183,9 @@ cmd_down() {
 		resolve_dirs
 		rmq_stop_local
 		pg_stop_local
+		pgpair_vars
+		pgpair_stop_node standby fast
+		pgpair_stop_node primary fast
 	fi
 	log "services stopped"
 }
@@ -172,6 +193,7 @@ cmd_down() {
 cmd_clean() {
 	cmd_down
 	local target
+	[ -z "$PGPAIR_DIR" ] || rm -rf "${PGPAIR_DIR:?}"
 	for d in pg rabbitmq rabbitmq-cluster rabbitmq-netns; do
 		if [ -L "$STATE/$d" ]; then
 			target="$(readlink -f "$STATE/$d" || true)"
@@ -209,6 +231,8 @@ cmd_status() {
 			resolve_netns_dirs
 			netns_status_lines
 		fi
+		resolve_dirs
+		pgpair_status_lines
 	fi
 	local pid
 	pid="$(cat "$DEMO_PID_FILE" 2>/dev/null || true)"
@@ -236,6 +260,12 @@ cluster-down) cmd_cluster_down ;;
 cluster-clean) cmd_cluster_clean ;;
 node-stop) cmd_node_stop "${2:-}" ;;
 node-start) cmd_node_start "${2:-}" ;;
+pg-pair-up) cmd_pgpair_up "${2:-sync}" ;;
+pg-pair-promote) cmd_pgpair_promote ;;
+pg-pair-stop-primary) cmd_pgpair_stop_primary "${2:-immediate}" ;;
+pg-pair-url) cmd_pgpair_env ;;
+pg-pair-down) cmd_pgpair_down ;;
+pg-pair-clean) cmd_pgpair_clean ;;
 pgbouncer-bin) cmd_pgbouncer_bin ;;
 demo-stop) stop_demo_processes ;;
 netns-up) cmd_netns_up "${2:-}" ;;
@@ -255,6 +285,7 @@ rabbitmqctl)
 	echo "       $0 cluster-up|cluster-down|cluster-clean|node-stop N|node-start N|rabbitmqctl N ARGS..." >&2
 	echo "       $0 netns-up [ignore|pause_minority]|netns-down|netns-clean|netns-status" >&2
 	echo "       $0 netns-isolate N|netns-bridge A B|netns-heal [--wait]|netns-leader QUEUE" >&2
+	echo "       $0 pg-pair-up [sync|async]|pg-pair-promote|pg-pair-stop-primary [fast|immediate]|pg-pair-url|pg-pair-down|pg-pair-clean" >&2
 	echo "       $0 pgbouncer-bin|demo-stop" >&2
 	exit 2
 	;;

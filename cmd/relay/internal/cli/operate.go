@@ -38,6 +38,7 @@ func poolConfig(cfg config.Config) (*pgxpool.Config, error) {
 	if cfg.Schema != "" {
 		pc.ConnConfig.RuntimeParams["search_path"] = migrations.SearchPath(cfg.Schema)
 	}
+	relay.ConnDefaults(&pc.ConnConfig.Config) // a dead first host of a multi-host URL is skipped
 	return pc, nil
 }
 
