@@ -505,12 +505,23 @@ func markIsolated(ctx context.Context, tx pgx.Tx, published []int64, failed []fa
 		}
 		var pg *pgconn.PgError
 		errors.As(err, &pg)
-		why := fmt.Sprintf("mark_refused: the database refused this row's mark (SQLSTATE %s: %s); last attempt: %s", pg.Code, pg.Message, f.err)
-		b = &pgx.Batch{}
-		b.Queue("ROLLBACK TO SAVEPOINT relay_mark_row")
-		b.Queue(markDeadAlone, f.id, why)
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return nil, fmt.Errorf("park row %d: %w", f.id, err)
+		// The SQLSTATE and PostgreSQL's message only: the row's own text
+		// (in f.err) may be what was refused.
+		why := fmt.Sprintf("mark_refused: the database refused this row's mark (SQLSTATE %s: %s)", pg.Code, pg.Message)
+		// Alone, not in a batch: a batch's statements are prepared first,
+		// which an aborted transaction refuses.
+		if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT relay_mark_row"); err != nil {
+			return nil, fmt.Errorf("mark row %d: roll back to its savepoint: %w", f.id, err)
+		}
+		if _, err := tx.Exec(ctx, markDeadAlone, f.id, why); err != nil {
+			if !rowDataError(err) {
+				return nil, fmt.Errorf("park row %d: %w", f.id, err)
+			}
+			// Refused too: leave the row as it was; the rest commits.
+			if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT relay_mark_row"); err != nil {
+				return nil, fmt.Errorf("park row %d: roll back to its savepoint: %w", f.id, err)
+			}
+			continue
 		}
 		dead = append(dead, f.id)
 	}
