@@ -52,6 +52,11 @@ type Config struct {
 	RetentionBatch    int
 	ListenDatabaseURL string
 	StatsInterval     time.Duration
+	// AllowedExchanges and AllowedQueues are the allow-list `relay migrate`
+	// writes into the database (see migrations.Targets); nil leaves the
+	// database's as it is.
+	AllowedExchanges []string
+	AllowedQueues    []string
 }
 
 // key describes one configuration key: its name, default, help text and
@@ -151,6 +156,8 @@ var keys = []key{
 		return nil
 	})},
 	{"stats_interval", "15s", "how often the backlog and table gauges are refreshed", durationIn(10*time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.StatsInterval = v })},
+	{"allowed_exchanges", "", "relay migrate: the exchanges outbox rows may name, comma-separated (every routing key; * allows everything); with allowed_queues, replaces the database's allow-list (empty: leave it as it is); see docs/sharing.md", nameList(func(c *Config, v []string) { c.AllowedExchanges = v })},
+	{"allowed_queues", "", "relay migrate: the queues outbox rows may reach through the default exchange, comma-separated (* every queue); the inbox's <queue>.retry.<delay> and <queue>.dead are refused unless named here", nameList(func(c *Config, v []string) { c.AllowedQueues = v })},
 	{"log_level", "info", "debug, info, warn or error", oneOf([]string{"debug", "info", "warn", "error"}, func(c *Config, v string) { c.LogLevel = v })},
 	{"log_format", "json", "json or text", oneOf([]string{"json", "text"}, func(c *Config, v string) { c.LogFormat = v })},
 }
@@ -376,6 +383,26 @@ func durationIn(lo, hi time.Duration, set func(*Config, time.Duration)) parser {
 			return fmt.Errorf("must be between %s and %s, got %s", lo, hi, d)
 		}
 		set(c, d)
+		return nil
+	}}
+}
+
+// nameList parses a comma-separated list of AMQP names (exchanges,
+// queues): each 1 to 255 bytes of UTF-8 without control characters, or *.
+func nameList(set func(*Config, []string)) parser {
+	return parser{"strings", func(c *Config, s string) error {
+		var out []string
+		for _, part := range strings.Split(s, ",") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			if len(part) > 255 || !utf8.ValidString(part) || strings.ContainsFunc(part, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+				return fmt.Errorf("%s is not an AMQP name (at most 255 bytes of UTF-8, no control characters)", strconv.Quote(part))
+			}
+			out = append(out, part)
+		}
+		set(c, out)
 		return nil
 	}}
 }

@@ -27,8 +27,7 @@ SELECT m.message_id, m.exchange, m.routing_key, m.payload, m.content_type, m.hea
        coalesce(m.available_at, now()),
        nullif(m.type, ''), nullif(m.correlation_id, ''), nullif(m.reply_to, ''), nullif(m.expiration, ''),
        nullif(m.priority, 0), nullif(m.app_id, '')
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::jsonb[], $7::text[], $8::timestamptz[],
-            $9::text[], $10::text[], $11::text[], $12::text[], $13::smallint[], $14::text[])
+FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bytea[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::jsonb[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::timestamptz[]), pg_catalog.unnest($9::text[]), pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::smallint[]), pg_catalog.unnest($14::text[]))
     AS m(message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at,
          type, correlation_id, reply_to, expiration, priority, app_id)`
 
@@ -39,7 +38,7 @@ const insertPlain = `
 INSERT INTO %s (message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at)
 SELECT m.message_id, m.exchange, m.routing_key, m.payload, m.content_type, m.headers, m.ordering_key,
        coalesce(m.available_at, now())
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::jsonb[], $7::text[], $8::timestamptz[])
+FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bytea[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::jsonb[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::timestamptz[]))
     AS m(message_id, exchange, routing_key, payload, content_type, headers, ordering_key, available_at)`
 
 // Table is the outbox table of one schema. The zero Table is the outbox

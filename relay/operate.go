@@ -282,7 +282,7 @@ RETURNING id`
 	// The channel the insert trigger notifies: named after the schema of
 	// the outbox table this connection's search_path finds, which need
 	// not be its current schema.
-	wakeRelays = `SELECT pg_notify(n.nspname || '.outbox', '')
+	wakeRelays = `SELECT pg_notify(n.nspname::text || '.outbox', '')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = 'outbox'::regclass`
 )

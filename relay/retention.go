@@ -10,7 +10,7 @@ import (
 
 // retentionLock is taken per batch (transaction-scoped), so only one relay
 // deletes at a time and a dead relay never holds it.
-const retentionLock = `SELECT pg_try_advisory_xact_lock(hashtextextended('outbox:retention:' || current_schema(), 0))`
+const retentionLock = `SELECT pg_try_advisory_xact_lock(hashtextextended('outbox:retention:' || current_schema()::text, 0::bigint))`
 
 // deletePublished removes one batch of old published rows. It walks the
 // primary key from a cursor: published rows are old in id order, so the
@@ -20,7 +20,7 @@ const retentionLock = `SELECT pg_try_advisory_xact_lock(hashtextextended('outbox
 const deletePublished = `
 DELETE FROM outbox WHERE id IN (
     SELECT id FROM outbox
-    WHERE id > $1 AND published_at < now() - $2 * interval '1 millisecond'
+    WHERE id > $1 AND published_at < now() - $2::float8 * interval '1 millisecond'
     ORDER BY id LIMIT $3)
 RETURNING id`
 

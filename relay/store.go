@@ -2,10 +2,13 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // keyHead is the part of claimBatch that sizes and locks one ordering key
@@ -65,12 +68,14 @@ var (
 // LOCKED. They fill the batch to $6 rows, and always get at least half of
 // it, so a deep keyed backlog never starves them (nor they it).
 //
-// Payloads: the claim loads a payload only when it is within its share of
-// the batch's byte budget ($8 max_batch_bytes / $6 rows, and $7
-// max_payload_bytes), so the claim alone never loads more than the budget;
-// octet_length reads the stored size without detoasting, so a large row
-// costs its size in the database, never in the relay's memory. The worker
-// then loads the larger ones that fit what is left of the budget
+// Payloads and headers: the claim brings a row's payload and headers only
+// when the row is within its share of the batch's byte budget (inlineRow:
+// $8 max_batch_bytes / $6 rows, payload within $7 max_payload_bytes; the
+// headers counted as the text the relay receives, rowExtra), so the claim
+// alone never loads more than the budget; octet_length of the payload
+// reads the stored size without detoasting, so a large payload costs its
+// size in the database, never in the relay's memory. The worker then
+// loads the larger rows that fit what is left of the budget
 // (loadPayloads), in one more round trip only when there are some. (A
 // running sum over the batch would say the same in SQL, but a window over
 // the locked rows costs about half a millisecond per batch.)
@@ -158,12 +163,13 @@ claimed AS (
     SELECT * FROM keyed UNION ALL SELECT * FROM unkeyed
 )
 SELECT c.id, c.head, c.ok, c.message_id::text, c.exchange, c.routing_key,
-       CASE WHEN octet_length(c.payload) <= least($7::bigint, $8::bigint / $6) THEN c.payload END,
-       octet_length(c.payload), c.content_type, c.headers, c.created_at, c.attempts,
+       CASE WHEN ` + inlineRow + ` THEN c.payload END,
+       octet_length(c.payload), c.content_type,
+       CASE WHEN ` + inlineRow + ` THEN c.headers END, c.created_at, c.attempts,
        coalesce(c.ordering_key, ''), c.suspected,
        coalesce(c.type, ''), coalesce(c.correlation_id, ''), coalesce(c.reply_to, ''),
-       coalesce(c.expiration, ''), coalesce(c.priority, 0), coalesce(c.app_id, '')
-FROM claimed c
+       coalesce(c.expiration, ''), coalesce(c.priority, 0), coalesce(c.app_id, ''), x.extra
+FROM claimed c CROSS JOIN LATERAL (SELECT ` + rowExtra + ` AS extra) x
 ORDER BY c.id`
 
 // claimUnkeyed is the claim while no ordering key has unpublished rows
@@ -173,22 +179,46 @@ ORDER BY c.id`
 // millisecond per batch to plan and materialise, which an unkeyed drain
 // would pay for nothing. $1 rows from id $2; payloads as in claimBatch ($3
 // max_payload_bytes, $4 max_batch_bytes).
-const claimUnkeyed = `
-SELECT o.id, 0::bigint, true, o.message_id::text, o.exchange, o.routing_key,
-       CASE WHEN octet_length(o.payload) <= least($3::bigint, $4::bigint / $1) THEN o.payload END,
-       octet_length(o.payload), o.content_type, o.headers, o.created_at, o.attempts, '', o.suspected,
-       coalesce(o.type, ''), coalesce(o.correlation_id, ''), coalesce(o.reply_to, ''),
-       coalesce(o.expiration, ''), coalesce(o.priority, 0), coalesce(o.app_id, '')
-FROM outbox o
-WHERE o.ordering_key IS NULL AND o.published_at IS NULL AND o.dead_at IS NULL
-  AND o.available_at <= now() AND o.id >= $2
-ORDER BY o.id
-LIMIT $1
-FOR UPDATE SKIP LOCKED`
+var claimUnkeyed = `
+SELECT c.id, 0::bigint, true, c.message_id::text, c.exchange, c.routing_key,
+       CASE WHEN ` + strings.NewReplacer("$7", "$3", "$8", "$4", "$6", "$1").Replace(inlineRow) + ` THEN c.payload END,
+       octet_length(c.payload), c.content_type,
+       CASE WHEN ` + strings.NewReplacer("$7", "$3", "$8", "$4", "$6", "$1").Replace(inlineRow) + ` THEN c.headers END,
+       c.created_at, c.attempts, '', c.suspected,
+       coalesce(c.type, ''), coalesce(c.correlation_id, ''), coalesce(c.reply_to, ''),
+       coalesce(c.expiration, ''), coalesce(c.priority, 0), coalesce(c.app_id, ''), x.extra
+FROM (SELECT o.* FROM outbox o
+      WHERE o.ordering_key IS NULL AND o.published_at IS NULL AND o.dead_at IS NULL
+        AND o.available_at <= now() AND o.id >= $2
+      ORDER BY o.id
+      LIMIT $1
+      FOR UPDATE SKIP LOCKED) c
+CROSS JOIN LATERAL (SELECT ` + rowExtra + ` AS extra) x
+ORDER BY c.id`
 
-// fetchPayloads loads the payloads a claim left out for their size (see
-// loadPayloads).
-const fetchPayloads = `SELECT id, payload FROM outbox WHERE id = ANY($1)`
+// rowExtra is what a claimed row c brings besides its payload, in bytes
+// as the relay receives them: the headers' jsonb text (control
+// characters come back as six-byte \uXXXX escapes, numbers with every
+// digit: the stored size says nothing of it), the ordering key and the
+// short strings. It counts against max_batch_bytes like the payload, so
+// headers and keys cannot grow a batch past its budget either.
+const rowExtra = `octet_length(c.headers::text) + octet_length(c.exchange) + octet_length(c.routing_key)
+           + octet_length(c.content_type) + coalesce(octet_length(c.ordering_key), 0)
+           + coalesce(octet_length(c.type), 0) + coalesce(octet_length(c.correlation_id), 0)
+           + coalesce(octet_length(c.reply_to), 0) + coalesce(octet_length(c.expiration), 0)
+           + coalesce(octet_length(c.app_id), 0)`
+
+// inlineRow says whether the claim brings row c's payload and headers
+// with it: when the payload is within max_payload_bytes ($7) and the row
+// (payload and rowExtra) within its share of the batch's byte budget
+// ($8 max_batch_bytes / $6 rows). The others are loaded by loadPayloads
+// while the budget allows.
+const inlineRow = `(octet_length(c.payload) <= $7::bigint
+                 AND octet_length(c.payload)::bigint + x.extra <= $8::bigint / $6)`
+
+// fetchPayloads loads the payloads and headers a claim left out for their
+// size (see loadPayloads).
+const fetchPayloads = `SELECT id, payload, headers FROM outbox WHERE id = ANY($1)`
 
 // keysProbe says whether any ordering key has unpublished rows: one entry
 // of outbox_key_unpublished_idx. It runs after every claim, in the same
@@ -208,13 +238,21 @@ var claimTx = pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL enable_bitmapscan = of
 // after the confirms (not now(), the claim's start).
 const markPublished = `UPDATE outbox SET published_at = statement_timestamp() WHERE id = ANY($1)`
 
+// markFailed charges each failed row an attempt. It cannot fail for a
+// row's data: attempts (which a row may hold at any int, negative or the
+// maximum, written by the table's owner or by an older relay) is read as
+// at least 0 and at most $5 - 1 before the + 1, so the sum never
+// overflows and a row with negative attempts still dies after $5; the
+// delay is a float8 times an interval (an operator pg_catalog has with
+// exactly these types); unnest is pg_catalog's. A row whose mark fails
+// anyway is isolated by mark (markIsolated).
 const markFailed = `
 UPDATE outbox o SET
-    attempts     = o.attempts + 1,
+    attempts     = least(greatest(o.attempts, 0), $5::int - 1) + 1,
     last_error   = f.err,
-    available_at = now() + f.delay_ms * interval '1 millisecond',
-    dead_at      = CASE WHEN f.permanent OR o.attempts + 1 >= $5 THEN now() END
-FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bool[]) AS f(id, err, delay_ms, permanent)
+    available_at = now() + f.delay_ms::float8 * interval '1 millisecond',
+    dead_at      = CASE WHEN f.permanent OR greatest(o.attempts, 0) >= $5::int - 1 THEN now() END
+FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bool[])) AS f(id, err, delay_ms, permanent)
 WHERE o.id = f.id
 RETURNING o.id, o.dead_at IS NOT NULL`
 
@@ -227,6 +265,15 @@ UPDATE outbox o SET
     available_at = now() + f.delay_ms * interval '1 millisecond'
 FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS f(id, err, delay_ms)
 WHERE o.id = f.id`
+
+// markDeadAlone parks one row whose mark failed for its own data (see
+// mark): it writes nothing of the row's but dead_at and the error's
+// SQLSTATE, which no constraint refuses (dead rows are exempt from the
+// row limits).
+const markDeadAlone = `
+UPDATE outbox SET dead_at = now(), last_error = $2
+WHERE id = $1 AND published_at IS NULL
+RETURNING id`
 
 // markSuspected flags rows that were in flight, unconfirmed, when the
 // broker connection died under a batch: any of them may have killed it.
@@ -242,8 +289,9 @@ type claimed struct {
 	routingKey  string
 	payload     []byte // nil until loaded; stays nil when too large or over the batch's byte budget
 	size        int    // octet_length(payload)
+	extra       int64  // the other bytes the relay receives for it (rowExtra), headers included
 	contentType string
-	headers     []byte
+	headers     []byte // the jsonb text; nil until loaded with the payload
 	createdAt   time.Time
 	attempts    int
 	key         string // ordering key, "" without one
@@ -255,6 +303,7 @@ type claimed struct {
 // NULL as "" and 0, priority as the smallint column holds it (the relay
 // checks its range before it narrows it to an octet).
 type rowProps struct {
+	orderingKey                                    string // checked with them (amqpProperties)
 	typ, correlationID, replyTo, expiration, appID string
 	priority                                       int16
 }
@@ -285,7 +334,12 @@ func claim(ctx context.Context, tx pgx.Tx, a claimArgs) (out []claimed, keys boo
 			var c claimed
 			err := row.Scan(&c.id, &c.head, &c.ok, &c.messageID, &c.exchange, &c.routingKey, &c.payload, &c.size,
 				&c.contentType, &c.headers, &c.createdAt, &c.attempts, &c.key, &c.suspected,
-				&c.props.typ, &c.props.correlationID, &c.props.replyTo, &c.props.expiration, &c.props.priority, &c.props.appID)
+				&c.props.typ, &c.props.correlationID, &c.props.replyTo, &c.props.expiration, &c.props.priority, &c.props.appID,
+				&c.extra)
+			c.props.orderingKey = c.key
+			if err == nil && c.headers != nil && c.payload == nil {
+				c.payload = []byte{} // brought inline, and empty (headers are never NULL)
+			}
 			return c, err
 		})
 		return cerr
@@ -304,16 +358,19 @@ func claim(ctx context.Context, tx pgx.Tx, a claimArgs) (out []claimed, keys boo
 }
 
 // loadPayloads completes a claim: it loads, in one round trip, the
-// payloads the claim left out that are within maxPayload, in batch order,
-// while the batch's payload bytes stay within maxBytes. It stops at the
-// first that does not fit; the worker publishes the batch up to that row.
+// payloads and headers the claim left out, for the rows whose payload is
+// within maxPayload, in batch order, while the batch's bytes (payloads and
+// each row's extra) stay within maxBytes. It stops at the first that does
+// not fit; the worker publishes the batch up to that row. The first row
+// to load is loaded even alone over maxBytes (its payload is within
+// maxPayload <= maxBytes, its headers within the table's 256 KiB): a
+// batch always makes progress.
 func loadPayloads(ctx context.Context, tx pgx.Tx, rows []claimed, maxPayload int, maxBytes int64) error {
 	var used int64
 	for i := range rows {
-		if rows[i].payload == nil && rows[i].size == 0 {
-			rows[i].payload = []byte{}
+		if rows[i].payload != nil {
+			used += int64(len(rows[i].payload)) + rows[i].extra
 		}
-		used += int64(len(rows[i].payload))
 	}
 	var ids []int64
 	at := map[int64]int{}
@@ -322,10 +379,11 @@ func loadPayloads(ctx context.Context, tx pgx.Tx, rows []claimed, maxPayload int
 		if r.payload != nil || r.size > maxPayload {
 			continue
 		}
-		if used+int64(r.size) > maxBytes {
+		need := int64(r.size) + r.extra
+		if used+need > maxBytes && used > 0 {
 			break
 		}
-		used += int64(r.size)
+		used += need
 		ids = append(ids, r.id)
 		at[r.id] = i
 	}
@@ -337,10 +395,14 @@ func loadPayloads(ctx context.Context, tx pgx.Tx, rows []claimed, maxPayload int
 		return fmt.Errorf("load payloads: %w", err)
 	}
 	var id int64
-	var payload []byte
-	_, err = pgx.ForEachRow(got, []any{&id, &payload}, func() error {
-		rows[at[id]].payload = payload
-		payload = nil
+	var payload, headers []byte
+	_, err = pgx.ForEachRow(got, []any{&id, &payload, &headers}, func() error {
+		r := &rows[at[id]]
+		r.payload, r.headers = payload, headers
+		if r.payload == nil {
+			r.payload = []byte{}
+		}
+		payload, headers = nil, nil
 		return nil
 	})
 	if err != nil {
@@ -359,8 +421,41 @@ type failure struct {
 
 // mark records the batch's outcomes and returns the ids of the rows that
 // went dead.
+//
+// A database error caused by one row's data (classified once, by
+// rowDataError: a data exception or an integrity violation, say a
+// constraint an operator added that the row's new attempt breaks) must not
+// roll back the batch: its confirmed rows would be published again on
+// every retry, for ever. The marks run after a savepoint, in the same
+// round trip; on such an error mark rolls back to it and marks again
+// (markIsolated): the published and suspected rows together, each failed
+// row alone under a savepoint of its own, and a failed row whose own mark
+// is refused is parked dead with the error. Any other error (connection,
+// lock timeout, permissions) ends the batch as before.
 func mark(ctx context.Context, tx pgx.Tx, m marks, maxAttempts int) ([]int64, error) {
+	if len(m.published) == 0 && len(m.failures) == 0 && len(m.suspected) == 0 && len(m.deferred) == 0 {
+		return nil, nil
+	}
 	b := &pgx.Batch{}
+	b.Queue("SAVEPOINT relay_mark")
+	dead := queueMarks(b, m, maxAttempts)
+	err := tx.SendBatch(ctx, b).Close()
+	if err == nil {
+		return *dead, nil
+	}
+	if !rowDataError(err) {
+		return nil, fmt.Errorf("mark: %w", err)
+	}
+	if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT relay_mark"); rerr != nil {
+		return nil, fmt.Errorf("mark: %w (then rolling back to the savepoint: %v)", err, rerr)
+	}
+	return markIsolated(ctx, tx, m, maxAttempts)
+}
+
+// queueMarks queues the marks on b and returns where the ids of the rows
+// that went dead will be, once b ran.
+func queueMarks(b *pgx.Batch, m marks, maxAttempts int) *[]int64 {
+	dead := new([]int64)
 	if len(m.published) > 0 {
 		b.Queue(markPublished, m.published)
 	}
@@ -371,7 +466,6 @@ func mark(ctx context.Context, tx pgx.Tx, m marks, maxAttempts int) ([]int64, er
 		ids, errs, delays, _ := failureColumns(m.deferred)
 		b.Queue(markDeferred, ids, errs, delays)
 	}
-	var dead []int64
 	if len(m.failures) > 0 {
 		ids, errs, delays, perm := failureColumns(m.failures)
 		b.Queue(markFailed, ids, errs, delays, perm, maxAttempts).Query(func(rows pgx.Rows) error {
@@ -382,17 +476,65 @@ func mark(ctx context.Context, tx pgx.Tx, m marks, maxAttempts int) ([]int64, er
 					return err
 				}
 				if isDead {
-					dead = append(dead, id)
+					*dead = append(*dead, id)
 				}
 			}
 			return rows.Err()
 		})
 	}
-	if b.Len() == 0 {
-		return nil, nil
+	return dead
+}
+
+// markIsolated is mark after a row's data made the batch's marks fail:
+// one round trip for the published, suspected and deferred rows (their
+// marks write only the relay's flags and its own error text), then one per
+// failed row, each under a savepoint.
+// It costs round trips per failed row, but only in a batch that held such
+// a row.
+func markIsolated(ctx context.Context, tx pgx.Tx, m marks, maxAttempts int) ([]int64, error) {
+	b := &pgx.Batch{}
+	flags := m
+	flags.failures = nil
+	queueMarks(b, flags, maxAttempts)
+	if b.Len() > 0 {
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return nil, fmt.Errorf("mark published: %w", err)
+		}
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("mark: %w", err)
+	var dead []int64
+	for _, f := range m.failures {
+		b := &pgx.Batch{}
+		b.Queue("SAVEPOINT relay_mark_row")
+		d := queueMarks(b, marks{failures: []failure{f}}, maxAttempts)
+		err := tx.SendBatch(ctx, b).Close()
+		if err == nil {
+			dead = append(dead, *d...)
+			continue
+		}
+		if !rowDataError(err) {
+			return nil, fmt.Errorf("mark row %d: %w", f.id, err)
+		}
+		var pg *pgconn.PgError
+		errors.As(err, &pg)
+		// The SQLSTATE and PostgreSQL's message only: the row's own text
+		// (in f.err) may be what was refused.
+		why := fmt.Sprintf("mark_refused: the database refused this row's mark (SQLSTATE %s: %s)", pg.Code, pg.Message)
+		// Alone, not in a batch: a batch's statements are prepared first,
+		// which an aborted transaction refuses.
+		if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT relay_mark_row"); err != nil {
+			return nil, fmt.Errorf("mark row %d: roll back to its savepoint: %w", f.id, err)
+		}
+		if _, err := tx.Exec(ctx, markDeadAlone, f.id, why); err != nil {
+			if !rowDataError(err) {
+				return nil, fmt.Errorf("park row %d: %w", f.id, err)
+			}
+			// Refused too: leave the row as it was; the rest commits.
+			if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT relay_mark_row"); err != nil {
+				return nil, fmt.Errorf("park row %d: roll back to its savepoint: %w", f.id, err)
+			}
+			continue
+		}
+		dead = append(dead, f.id)
 	}
 	return dead, nil
 }
@@ -405,4 +547,17 @@ func failureColumns(fs []failure) (ids []int64, errs []string, delays []int64, p
 		ids[i], errs[i], delays[i], perm[i] = f.id, f.err, f.delayMS, f.permanent
 	}
 	return ids, errs, delays, perm
+}
+
+// rowDataError reports whether err is PostgreSQL refusing a statement for
+// the data it was given: SQLSTATE class 22 (data exception: out of range,
+// invalid text) or 23 (integrity constraint violation). For a mark, that
+// data is a row's (its attempts, its error text): retrying the batch would
+// fail the same way. This is the classification; mark acts on it.
+func rowDataError(err error) bool {
+	var pg *pgconn.PgError
+	if !errors.As(err, &pg) || len(pg.Code) != 5 {
+		return false
+	}
+	return pg.Code[:2] == "22" || pg.Code[:2] == "23"
 }

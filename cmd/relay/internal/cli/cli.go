@@ -75,7 +75,7 @@ func printable(s string) string {
 func commands() []command {
 	return []command{
 		{"run", "run the relay until SIGTERM or SIGINT", []string{config.KeyDatabaseURL, config.KeyAMQPURL}, nil, runRelay, nil},
-		{"migrate", "apply the embedded database migrations (safe to repeat) [--print-sql] [--app-role R --relay-role R --consumer-role R] [--print-grants]", nil, migrateFlags, runMigrate, dbKeys},
+		{"migrate", "apply the embedded database migrations (safe to repeat) [--print-sql] [--app-role R --relay-role R --consumer-role R [--consumers a,b]] [--print-grants]", nil, migrateFlags, runMigrate, append(slices.Clip(dbKeys), "allowed_exchanges", "allowed_queues")},
 		{"status", "pending, due, dead rows and oldest pending age, per exchange; ordering keys held by a dead row [--json]", []string{config.KeyDatabaseURL}, statusFlags, runStatus,
 			append([]string{"ordering_policy"}, dbKeys...)},
 		{"dead", "list dead rows with their last error [--limit N] [--json]", []string{config.KeyDatabaseURL}, deadFlags, runDead, dbKeys},

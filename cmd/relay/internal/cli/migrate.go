@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/pflag"
@@ -17,6 +18,7 @@ func migrateFlags(fs *pflag.FlagSet) {
 	fs.String("app-role", "", "grant this role what an application needs to write outbox rows")
 	fs.String("relay-role", "", "grant this role what 'relay run' and the operations commands need")
 	fs.String("consumer-role", "", "grant this role what an inbox consumer needs")
+	fs.String("consumers", "", "the inbox consumer names the consumer role runs, comma-separated: registered to it, so that no other role may read or write their inbox rows")
 }
 
 func runMigrate(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
@@ -26,6 +28,15 @@ func runMigrate(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSe
 	roles.App, _ = fs.GetString("app-role")
 	roles.Relay, _ = fs.GetString("relay-role")
 	roles.Consumer, _ = fs.GetString("consumer-role")
+	if names, _ := fs.GetString("consumers"); names != "" {
+		for _, n := range strings.Split(names, ",") {
+			roles.Consumers = append(roles.Consumers, strings.TrimSpace(n))
+		}
+	}
+	if err := roles.Validate(); err != nil {
+		return usageError{err.Error()}
+	}
+	targets := migrations.Targets{Exchanges: cfg.AllowedExchanges, Queues: cfg.AllowedQueues}
 	if printGrants && roles.Empty() {
 		return usageError{"--print-grants needs --app-role, --relay-role or --consumer-role"}
 	}
@@ -66,11 +77,17 @@ func runMigrate(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSe
 	} else {
 		fmt.Fprintf(e.stdout, "migrate: applied %s; schema %q at version %d\n", joinInts(res.Applied), res.Schema, res.Version)
 	}
+	if targets.Set() {
+		if err := applySQL(ctx, cfg, migrations.TargetsSQL(res.Schema, targets)); err != nil {
+			return fmt.Errorf("allowed targets: %w", err)
+		}
+		fmt.Fprintf(e.stdout, "migrate: allowed exchanges %q, queues %q (pending rows to other targets parked)\n", targets.Exchanges, targets.Queues)
+	}
 	if roles.Empty() {
 		return nil
 	}
-	if err := applyGrants(ctx, cfg, res.Schema, roles); err != nil {
-		return err
+	if err := applySQL(ctx, cfg, migrations.Grants(res.Schema, roles)); err != nil {
+		return fmt.Errorf("grant: %w", err)
 	}
 	fmt.Fprintf(e.stdout, "migrate: granted %s\n", rolesText(roles))
 	return nil
@@ -100,21 +117,17 @@ func grantSchema(ctx context.Context, cfg config.Config) (string, error) {
 	return *schema, nil
 }
 
-// applyGrants runs the grants in one transaction.
-func applyGrants(ctx context.Context, cfg config.Config, schema string, roles migrations.Roles) error {
+// applySQL runs statements in one transaction.
+func applySQL(ctx context.Context, cfg config.Config, statements string) error {
 	pool, err := openPool(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, migrations.Grants(schema, roles))
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, statements)
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("grant: %w", err)
-	}
-	return nil
 }
 
 func rolesText(r migrations.Roles) string {
