@@ -51,6 +51,15 @@ func openPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}
+	// Say what `relay run` says of a schema without the relay's tables
+	// (or pointed at the wrong one), rather than a raw "relation does not
+	// exist". Any other failure is left to the command's own queries,
+	// which name it in their context (a role may lack SELECT on the
+	// version table and still be allowed the command).
+	if err := migrations.Check(ctx, pool); errors.Is(err, migrations.ErrNotMigrated) {
+		pool.Close()
+		return nil, err
+	}
 	return pool, nil
 }
 
