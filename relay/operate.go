@@ -22,19 +22,19 @@ type DB interface {
 
 // Status summarises the outbox for operators.
 type Status struct {
-	Pending          int64         // neither published nor dead
-	Due              int64         // pending, available now, and not held
+	Pending int64 // neither published nor dead
+	Due     int64 // pending, available now, and not held
 	// Held rows are available now but wait for an earlier row of their
 	// ordering key: HeldByPending behind a pending one, HeldByDead behind
 	// a dead one only (held under ordering_policy block; under skip the
 	// relay publishes them, so they are due).
 	HeldByPending, HeldByDead int64
-	Dead             int64         // parked
-	OldestPendingAge time.Duration // age of the oldest pending row, 0 if none
-	BlockedKeys      int64         // ordering keys with a dead row
-	DeadTuples       int64         // dead tuples in the table, per pg_stat_user_tables
-	TableBytes       int64         // pg_total_relation_size
-	ByExchange       []ExchangeStatus
+	Dead                      int64         // parked
+	OldestPendingAge          time.Duration // age of the oldest pending row, 0 if none
+	BlockedKeys               int64         // ordering keys with a dead row
+	DeadTuples                int64         // dead tuples in the table, per pg_stat_user_tables
+	TableBytes                int64         // pg_total_relation_size
+	ByExchange                []ExchangeStatus
 }
 
 // ExchangeStatus is Status for one exchange ("" is the default exchange).
