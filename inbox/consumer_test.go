@@ -56,7 +56,7 @@ func TestSameMessageFiveTimesIsAppliedOnce(t *testing.T) {
 	if d := b.metric(t, "outboxrelay_inbox_duplicates_total"); d != 4 {
 		t.Errorf("duplicates_total = %v, want 4", d)
 	}
-	if n := len(regexp.MustCompile(`level=INFO msg="duplicate message recognised by the inbox table: acked, handler not called" .*message_id=` + id).FindAllString(logs.String(), -1)); n != 4 {
+	if n := len(regexp.MustCompile(`level=INFO msg="duplicate message recognised by the inbox table: acked, handler not called" .*message_id=`+id).FindAllString(logs.String(), -1)); n != 4 {
 		t.Errorf("%d duplicate lines at the default level, want 4:\n%s", n, logs.String())
 	}
 }
