@@ -79,7 +79,7 @@ demo: build ## bring everything up, run the relay and the orders consumer, inser
 	@scripts/demo.sh
 
 .PHONY: bench
-bench: ## short benchmark suite: drains (1 and 3 relays, quorum and classic, vs the raw broker limit), xmin, latency, ordering, tracing on/off
+bench: ## short benchmark suite: drains (1 and 3 relays, quorum and classic, vs the raw broker limit), xmin, latency, ordering, tracing on/off, insert cost per path
 	@scripts/services.sh up >/dev/null
 	. $(ENV_FILE) && BENCH_N=$(BENCH_N) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench | grep --line-buffered -vE '^(goos|goarch|pkg|cpu):'; exit $${PIPESTATUS[0]}
 

@@ -390,7 +390,7 @@ func durationIn(lo, hi time.Duration, set func(*Config, time.Duration)) parser {
 // nameList parses a comma-separated list of AMQP names (exchanges,
 // queues): each 1 to 255 bytes of UTF-8 without control characters, or *.
 func nameList(set func(*Config, []string)) parser {
-	return parser{"strings", func(c *Config, s string) error {
+	return parser{"string", func(c *Config, s string) error {
 		var out []string
 		for _, part := range strings.Split(s, ",") {
 			part = strings.TrimSpace(part)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,10 +28,14 @@ import (
 func TestSameMessageFiveTimesIsAppliedOnce(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int32
+	var logs testenv.LogBuffer
 	b := setup(t, func(ctx context.Context, tx pgx.Tx, m inbox.Message) error {
 		calls.Add(1)
 		return applyHandler(ctx, tx, m)
-	}, setupOpts{cfg: func(c *inbox.Config) { c.Concurrency = 4 }})
+	}, setupOpts{cfg: func(c *inbox.Config) {
+		c.Concurrency = 4
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) // the default level, Info
+	}})
 	id := uuid.NewString()
 	for range 5 {
 		b.publish(t, "", b.queue, id, "order 1")
@@ -49,6 +55,9 @@ func TestSameMessageFiveTimesIsAppliedOnce(t *testing.T) {
 	}
 	if d := b.metric(t, "outboxrelay_inbox_duplicates_total"); d != 4 {
 		t.Errorf("duplicates_total = %v, want 4", d)
+	}
+	if n := len(regexp.MustCompile(`level=INFO msg="duplicate message recognised by the inbox table: acked, handler not called" .*message_id=`+id).FindAllString(logs.String(), -1)); n != 4 {
+		t.Errorf("%d duplicate lines at the default level, want 4:\n%s", n, logs.String())
 	}
 }
 

@@ -80,7 +80,9 @@ func (w *worker) handle(ctx context.Context, d amqp.Delivery) {
 		c.br.record(true)
 		c.m.duplicates.Inc()
 		ackErr := d.Ack(false)
-		c.log.Debug("duplicate message acked", "message_id", m.ID, "attempt", m.Attempt)
+		// Info, the default level: an operator sees deduplication happen
+		// (outboxrelay_inbox_duplicates_total counts it too).
+		c.log.Info("duplicate message recognised by the inbox table: acked, handler not called", "message_id", m.ID, "attempt", m.Attempt)
 		w.logAck(m, ackErr)
 		c.report(ctx, Event{Kind: EventDuplicate, MessageID: m.ID, Attempt: m.Attempt, AckErr: ackErr})
 	default:

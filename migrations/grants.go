@@ -72,6 +72,10 @@ func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 //     the ordering trigger draws a keyed row's id itself after taking its
 //     key's lock (an identity default needs no grant, the trigger's
 //     nextval does).
+//     EXECUTE on outbox_enqueue and the functions it calls
+//     (EnqueueFunctions): they are SECURITY INVOKER, so they insert with
+//     these same rights (granted by name, for databases whose default
+//     privileges revoke EXECUTE from PUBLIC).
 //   - Relay: SELECT, UPDATE, DELETE on outbox (claims lock rows with FOR
 //     UPDATE, marks, retention deletes) and SELECT on VersionTable (the
 //     start check). LISTEN and the status queries need nothing more.
@@ -102,10 +106,10 @@ func Grants(schema string, r Roles) string {
 		// grant below is then the whole of it.
 		fmt.Fprintf(&b, "REVOKE INSERT ON %s FROM %s;\n", q("outbox"), pgx.Identifier{r.App}.Sanitize())
 	}
-	grant(r.App, "application: writes outbox rows (the message columns only)",
-		"GRANT INSERT ("+strings.Join(MessageColumns, ", ")+") ON "+q("outbox"),
-		"GRANT SELECT (id, message_id) ON "+q("outbox"),
-		"GRANT USAGE ON SEQUENCE "+q("outbox_id_seq"))
+	grant(r.App, "application: writes outbox rows (the message columns only)", append([]string{
+		"GRANT INSERT (" + strings.Join(MessageColumns, ", ") + ") ON " + q("outbox"),
+		"GRANT SELECT (id, message_id) ON " + q("outbox"),
+		"GRANT USAGE ON SEQUENCE " + q("outbox_id_seq")}, executeGrants(q)...)...)
 	grant(r.Relay, "relay: claims, marks and deletes outbox rows",
 		"GRANT SELECT, UPDATE, DELETE ON "+q("outbox"),
 		"GRANT SELECT ON "+q(VersionTable))
@@ -180,4 +184,24 @@ func TargetsSQL(schema string, t Targets) string {
 WHERE published_at IS NULL AND dead_at IS NULL AND NOT %[1]s.outbox_target_allowed(exchange, routing_key);
 `, s)
 	return b.String()
+}
+
+// EnqueueFunctions are the signatures of the plain-SQL insert path
+// (migration 00007): outbox_enqueue in its three payload types, and the
+// functions it and the opt-in payload check call with the caller's rights.
+var EnqueueFunctions = []string{
+	"outbox_enqueue(text, text, bytea, text, jsonb, text, timestamptz, uuid, text, text, text, text, integer, text)",
+	"outbox_enqueue(text, text, text, text, jsonb, text, timestamptz, uuid, text, text, text, text, integer, text)",
+	"outbox_enqueue(text, text, jsonb, text, jsonb, text, timestamptz, uuid, text, text, text, text, integer, text)",
+	"outbox_payload_problem(bytea, text)",
+	"outbox_refuse_payload(text, text)",
+	"outbox_content_type_json(text)",
+}
+
+func executeGrants(q func(string) string) []string {
+	out := make([]string, len(EnqueueFunctions))
+	for i, f := range EnqueueFunctions {
+		out[i] = "GRANT EXECUTE ON FUNCTION " + q(f)
+	}
+	return out
 }

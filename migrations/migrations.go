@@ -35,6 +35,32 @@ const LegacyVersionTable = "goose_db_version"
 // relay's tables or is older than this binary: `relay migrate` fixes it.
 var ErrNotMigrated = errors.New("run `relay migrate`")
 
+// ErrWrongSchema is wrapped (beside ErrNotMigrated) by Check's error
+// when the current schema has no relay tables but other schemas do: the
+// relay is probably pointed at the wrong schema, and `relay migrate`
+// would create a second, empty outbox.
+var ErrWrongSchema = errors.New("the relay's tables are in another schema")
+
+// wrongSchemaError reads as its message alone, and is both ErrNotMigrated
+// (so that callers stop at once, as for a missing schema) and
+// ErrWrongSchema.
+type wrongSchemaError struct{ msg string }
+
+func (e wrongSchemaError) Error() string { return e.msg }
+func (e wrongSchemaError) Is(target error) bool {
+	return target == ErrNotMigrated || target == ErrWrongSchema
+}
+
+// otherSchemasSQL lists the schemas that hold the relay's version table
+// and an outbox, the current one aside, in name order (at most 5).
+const otherSchemasSQL = `
+SELECT coalesce(array_agg(nspname ORDER BY nspname), '{}') FROM (
+    SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relname = $1 AND c.relkind IN ('r', 'p')
+      AND n.nspname IS DISTINCT FROM current_schema()
+      AND EXISTS (SELECT 1 FROM pg_catalog.pg_class o WHERE o.relnamespace = n.oid AND o.relname = 'outbox')
+    ORDER BY n.nspname LIMIT 5) s`
+
 // Result says what Up did: the versions it carried over from
 // LegacyVersionTable, the versions it applied, and the version the schema
 // is at afterwards.
@@ -156,6 +182,15 @@ func Check(ctx context.Context, db Querier) error {
 			*schema, LegacyVersionTable, ErrNotMigrated)
 	}
 	if !hasVersions || !hasOutbox {
+		var others []string
+		if err := db.QueryRow(ctx, otherSchemasSQL, VersionTable).Scan(&others); err != nil {
+			return fmt.Errorf("migrations: look for the relay's tables: %w", err)
+		}
+		if len(others) > 0 {
+			return wrongSchemaError{fmt.Sprintf("migrations: schema %q has no relay tables, but %s: "+
+				"set RELAY_SCHEMA=%s (configuration key schema) to use them; `relay migrate` would create a second, empty outbox in %q",
+				*schema, holders(others), others[0], *schema)}
+		}
 		return fmt.Errorf("migrations: schema %q has no relay tables: %w", *schema, ErrNotMigrated)
 	}
 	var applied []int64
@@ -203,4 +238,17 @@ func embedded() ([]int64, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// holders says which schemas have the tables: `schema "a" has them`,
+// `schemas "a", "b" have them`.
+func holders(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	if len(q) == 1 {
+		return "schema " + q[0] + " has them"
+	}
+	return "schemas " + strings.Join(q, ", ") + " have them"
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -21,20 +22,27 @@ type DB interface {
 
 // Status summarises the outbox for operators.
 type Status struct {
-	Pending          int64         // neither published nor dead
-	Due              int64         // pending and available now
-	Dead             int64         // parked
-	OldestPendingAge time.Duration // age of the oldest pending row, 0 if none
-	BlockedKeys      int64         // ordering keys with a dead row
-	DeadTuples       int64         // dead tuples in the table, per pg_stat_user_tables
-	TableBytes       int64         // pg_total_relation_size
-	ByExchange       []ExchangeStatus
+	Pending int64 // neither published nor dead
+	Due     int64 // pending, available now, and not held
+	// Held rows are available now but wait for an earlier row of their
+	// ordering key: HeldByPending behind a pending one, HeldByDead behind
+	// a dead one only (held under ordering_policy block; under skip the
+	// relay publishes them, so they are due).
+	HeldByPending, HeldByDead int64
+	Dead                      int64         // parked
+	OldestPendingAge          time.Duration // age of the oldest pending row, 0 if none
+	BlockedKeys               int64         // ordering keys with a dead row
+	DeadTuples                int64         // dead tuples in the table, per pg_stat_user_tables
+	TableBytes                int64         // pg_total_relation_size
+	ByExchange                []ExchangeStatus
 }
 
 // ExchangeStatus is Status for one exchange ("" is the default exchange).
 type ExchangeStatus struct {
 	Exchange         string
 	Pending, Due     int64
+	HeldByPending    int64
+	HeldByDead       int64
 	Dead             int64
 	OldestPendingAge time.Duration
 }
@@ -43,14 +51,26 @@ type ExchangeStatus struct {
 // unpublished keyed rows, dead rows), so a large table of published rows
 // is never scanned.
 const (
+	// A keyed row is held when an earlier row of its key is unpublished:
+	// pending (the relay publishes a key in id order) or dead (under
+	// ordering_policy block). heads finds each key's first pending and
+	// first dead id in one walk of outbox_key_unpublished_idx.
 	statusPending = `
-SELECT exchange, count(*), count(*) FILTER (WHERE available_at <= now()),
+SELECT exchange, count(*),
+       count(*) FILTER (WHERE available_at <= now() AND NOT behind_pending AND NOT behind_dead),
+       count(*) FILTER (WHERE available_at <= now() AND behind_pending),
+       count(*) FILTER (WHERE available_at <= now() AND NOT behind_pending AND behind_dead),
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-FROM (SELECT exchange, available_at, created_at FROM outbox
+FROM (SELECT exchange, available_at, created_at, false AS behind_pending, false AS behind_dead FROM outbox
       WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NULL
       UNION ALL
-      SELECT exchange, available_at, created_at FROM outbox
-      WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NOT NULL) p
+      SELECT o.exchange, o.available_at, o.created_at, o.id > h.first_pending, coalesce(o.id > h.first_dead, false)
+      FROM outbox o
+      JOIN (SELECT ordering_key, min(id) FILTER (WHERE dead_at IS NULL) AS first_pending,
+                   min(id) FILTER (WHERE dead_at IS NOT NULL) AS first_dead
+            FROM outbox WHERE published_at IS NULL AND ordering_key IS NOT NULL
+            GROUP BY ordering_key) h ON h.ordering_key = o.ordering_key
+      WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.ordering_key IS NOT NULL) p
 GROUP BY exchange`
 	statusDead  = `SELECT exchange, count(*) FROM outbox WHERE dead_at IS NOT NULL GROUP BY exchange`
 	statusTable = `
@@ -59,7 +79,9 @@ SELECT (SELECT count(DISTINCT ordering_key) FROM outbox WHERE dead_at IS NOT NUL
        pg_total_relation_size('outbox'::regclass)`
 )
 
-// ReadStatus counts pending, due and dead rows, overall and per exchange.
+// ReadStatus counts pending, due, held and dead rows, overall and per
+// exchange. Due and held follow ordering_policy block; Skip gives them
+// under skip.
 func ReadStatus(ctx context.Context, db DB) (Status, error) {
 	per := map[string]*ExchangeStatus{}
 	get := func(ex string) *ExchangeStatus {
@@ -73,11 +95,12 @@ func ReadStatus(ctx context.Context, db DB) (Status, error) {
 		return Status{}, fmt.Errorf("status: %w", err)
 	}
 	var ex string
-	var pending, due int64
+	var pending, due, byPending, byDead int64
 	var age float64
-	_, err = pgx.ForEachRow(rows, []any{&ex, &pending, &due, &age}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&ex, &pending, &due, &byPending, &byDead, &age}, func() error {
 		s := get(ex)
 		s.Pending, s.Due, s.OldestPendingAge = pending, due, time.Duration(age*float64(time.Second))
+		s.HeldByPending, s.HeldByDead = byPending, byDead
 		return nil
 	})
 	if err != nil {
@@ -108,11 +131,25 @@ func ReadStatus(ctx context.Context, db DB) (Status, error) {
 		st.ByExchange = append(st.ByExchange, *s)
 		st.Pending += s.Pending
 		st.Due += s.Due
+		st.HeldByPending += s.HeldByPending
+		st.HeldByDead += s.HeldByDead
 		st.Dead += s.Dead
 		st.OldestPendingAge = max(st.OldestPendingAge, s.OldestPendingAge)
 	}
 	sort.Slice(st.ByExchange, func(i, j int) bool { return st.ByExchange[i].Exchange < st.ByExchange[j].Exchange })
 	return st, nil
+}
+
+// Skip returns s as ordering_policy skip sees it: rows held only by a
+// dead row of their key are due.
+func (s Status) Skip() Status {
+	s.Due, s.HeldByDead = s.Due+s.HeldByDead, 0
+	s.ByExchange = slices.Clone(s.ByExchange)
+	for i := range s.ByExchange {
+		e := &s.ByExchange[i]
+		e.Due, e.HeldByDead = e.Due+e.HeldByDead, 0
+	}
+	return s
 }
 
 // DeadRow is a parked row, for operators.

@@ -363,6 +363,9 @@ func (r *Relay) stats(ctx context.Context) {
 		qctx, cancel := context.WithTimeout(ctx, r.cfg.StatsInterval)
 		st, err := ReadStatus(qctx, r.pool)
 		cancel()
+		if r.cfg.OrderingPolicy == OrderingSkip {
+			st = st.Skip()
+		}
 		if err == nil {
 			r.logProgress(st)
 			r.m.pendingRows.Set(float64(st.Pending))

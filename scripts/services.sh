@@ -160,6 +160,7 @@ cmd_up() {
 			rmq_start_local
 		fi
 	fi
+	ensure_sample_clients
 	echo "$mode" >"$MODE_FILE"
 	write_env_file
 	print_env

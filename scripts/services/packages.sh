@@ -84,3 +84,22 @@ cmd_pgbouncer_bin() {
 	[ -x "$bin" ] || die "pgbouncer not found after install"
 	echo "$bin"
 }
+
+# ---------------------------------------------------------------- sample clients
+
+# The README's Python and Node insert samples (test/readme_e2e_test.go)
+# run with Debian's python3-psycopg2 and the `pg` npm package, installed
+# into .services/node of the checkout. Tests install nothing: they say
+# to run `make up` when a client is missing.
+ensure_sample_clients() {
+	[ -z "${SERVICES_NO_INSTALL:-}" ] || return 0
+	if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import psycopg2' 2>/dev/null; then
+		apt_install python3-psycopg2
+	fi
+	if command -v npm >/dev/null 2>&1 && [ ! -f "$STATE/node/node_modules/pg/package.json" ]; then
+		mkdir -p "$STATE/node"
+		log "npm install pg (into .services/node)"
+		npm install --prefix "$STATE/node" --no-audit --no-fund --loglevel=error pg@8 >&2 ||
+			die "npm install pg failed"
+	fi
+}

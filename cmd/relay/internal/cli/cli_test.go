@@ -92,7 +92,7 @@ func TestRunRefusesAnUnmigratedSchema(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	code, _, errOut := runMain(t, ctx, []string{
-		"RELAY_DATABASE_URL=" + testenv.NewSchema(t, false), "RELAY_AMQP_URL=" + env.AMQPURL, "RELAY_HTTP_ADDR="}, "run")
+		"RELAY_DATABASE_URL=" + testenv.NewDatabase(t), "RELAY_AMQP_URL=" + env.AMQPURL, "RELAY_HTTP_ADDR="}, "run")
 	if code != exitFailed || !strings.Contains(errOut, "has no relay tables: run `relay migrate`") {
 		t.Fatalf("exit %d, want %d naming relay migrate; stderr:\n%s", code, exitFailed, errOut)
 	}

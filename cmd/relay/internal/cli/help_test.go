@@ -20,7 +20,7 @@ var flagLine = regexp.MustCompile(`^\s+--([a-z][a-z-]*)(\[=true\|false\])?(?: (\
 var ownFlagTypes = map[string]string{
 	"config": "string", "json": "bool", "limit": "int", "all": "bool",
 	"print-sql": "bool", "print-grants": "bool",
-	"app-role": "string", "relay-role": "string", "consumer-role": "string",
+	"app-role": "string", "relay-role": "string", "consumer-role": "string", "consumers": "string",
 }
 
 // keyType is the type a key's default is written in: the types --help

@@ -52,6 +52,15 @@ func openPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}
+	// Say what `relay run` says of a schema without the relay's tables
+	// (or pointed at the wrong one), rather than a raw "relation does not
+	// exist". Any other failure is left to the command's own queries,
+	// which name it in their context (a role may lack SELECT on the
+	// version table and still be allowed the command).
+	if err := migrations.Check(ctx, pool); errors.Is(err, migrations.ErrNotMigrated) {
+		pool.Close()
+		return nil, err
+	}
 	return pool, nil
 }
 
@@ -65,6 +74,9 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 	if err != nil {
 		return err
 	}
+	if cfg.OrderingPolicy == string(relay.OrderingSkip) {
+		st = st.Skip()
+	}
 	blocked, err := relay.ListBlockedKeys(ctx, pool, blockedShown)
 	if err != nil {
 		return err
@@ -73,6 +85,7 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 		out := map[string]any{
 			"pending":                    st.Pending,
 			"due":                        st.Due,
+			"held":                       st.HeldByPending + st.HeldByDead,
 			"dead":                       st.Dead,
 			"oldest_pending_age_seconds": st.OldestPendingAge.Seconds(),
 			"blocked_keys":               st.BlockedKeys,
@@ -82,7 +95,7 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 		}
 		list := []map[string]any{} // [] when empty, never null
 		for _, s := range st.ByExchange {
-			list = append(list, map[string]any{"exchange": s.Exchange, "pending": s.Pending, "due": s.Due,
+			list = append(list, map[string]any{"exchange": s.Exchange, "pending": s.Pending, "due": s.Due, "held": s.HeldByPending + s.HeldByDead,
 				"dead": s.Dead, "oldest_pending_age_seconds": s.OldestPendingAge.Seconds()})
 		}
 		out["by_exchange"] = list
@@ -94,14 +107,16 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 		return writeJSON(e, out)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "exchange\tpending\tdue\tdead\toldest pending")
+	fmt.Fprintln(tw, "exchange\tpending\tdue\theld\tdead\toldest pending")
 	for _, s := range st.ByExchange {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", exchangeName(s.Exchange), s.Pending, s.Due, s.Dead, age(s.OldestPendingAge))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", exchangeName(s.Exchange), s.Pending, s.Due, s.HeldByPending+s.HeldByDead,
+			s.Dead, age(s.OldestPendingAge))
 	}
-	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%s\n", st.Pending, st.Due, st.Dead, age(st.OldestPendingAge))
+	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%d\t%s\n", st.Pending, st.Due, st.HeldByPending+st.HeldByDead, st.Dead, age(st.OldestPendingAge))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	fmt.Fprintln(e.stdout, statusLegend(st))
 	held := "their later rows wait until the dead row is requeued or deleted"
 	if cfg.OrderingPolicy == "skip" {
 		held = "their later rows are published past it"
@@ -200,6 +215,17 @@ func age(d time.Duration) string {
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// statusLegend says what due and held mean, and where dead rows are
+// looked at.
+func statusLegend(st relay.Status) string {
+	l := fmt.Sprintf("\ndue: available now, nothing ahead of them; held: available, but behind an earlier row of their key "+
+		"(%d behind a pending row, %d behind a dead one)", st.HeldByPending, st.HeldByDead)
+	if st.Dead > 0 {
+		l += fmt.Sprintf("\n%d dead row(s): `relay dead` lists them with their last error; `relay requeue ID...` or `relay discard ID...` then", st.Dead)
+	}
+	return l
+}
 
 // blockedShown is how many blocked keys relay status lists.
 const blockedShown = 20
