@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -212,6 +213,21 @@ func Requeue(ctx context.Context, db DB, ids []int64) ([]int64, error) {
 }
 
 func requeueRows(ctx context.Context, db DB, ids []int64) ([]int64, error) {
+	if tx, ok := db.(pgx.Tx); ok {
+		// In the caller's transaction (Audited): a refused row must not
+		// abort it, so each try runs under a savepoint.
+		var done []int64
+		err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
+			var err error
+			done, err = requeueOnce(ctx, sp, ids)
+			return err
+		})
+		return done, err
+	}
+	return requeueOnce(ctx, db, ids)
+}
+
+func requeueOnce(ctx context.Context, db DB, ids []int64) ([]int64, error) {
 	rows, err := db.Query(ctx, requeue, ids)
 	if err != nil {
 		return nil, err
@@ -345,6 +361,65 @@ func ListBlockedKeys(ctx context.Context, db DB, limit int) ([]BlockedKey, error
 	})
 	if err != nil {
 		return nil, fmt.Errorf("blocked keys: %w", err)
+	}
+	return out, nil
+}
+
+// AuditEntry is one row of relay_audit: an operator action.
+type AuditEntry struct {
+	ID         int64
+	At         time.Time
+	Actor      string // the database role that acted (session_user)
+	Via        string // "cli", "console"
+	Action     string // requeue, retry, discard, replay
+	Filter     json.RawMessage
+	Rows       int64
+	FinishedAt *time.Time // nil while a replay runs (or if it was interrupted)
+}
+
+// Audited runs act in a transaction and records it in relay_audit in the
+// same transaction: an action that could not be recorded is not done.
+// act returns how many rows it changed. filter is what the action was
+// given (row ids, a replay's filter), stored as JSON.
+func Audited(ctx context.Context, db TxDB, via, action string, filter any, act func(tx pgx.Tx) (int64, error)) error {
+	f, err := json.Marshal(filter)
+	if err != nil {
+		return fmt.Errorf("%s: audit: %w", action, err)
+	}
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		n, actErr := act(tx)
+		var refused *RefusedError
+		if actErr != nil && !errors.As(actErr, &refused) {
+			return actErr
+		}
+		if _, err := tx.Exec(ctx, auditInsert, via, action, f, n, true); err != nil {
+			return fmt.Errorf("%s: audit: %w", action, err)
+		}
+		return actErr
+	})
+}
+
+const listAudit = `
+SELECT id, at, actor, via, action, filter, rows, finished_at FROM relay_audit
+WHERE ($1::bigint = 0 OR id < $1)
+ORDER BY id DESC
+LIMIT $2`
+
+// ListAudit returns up to limit audit entries, newest first, older than
+// the entry before (0: from the newest): keyset pagination on the
+// primary key.
+func ListAudit(ctx context.Context, db DB, before int64, limit int) ([]AuditEntry, error) {
+	rows, err := db.Query(ctx, listAudit, before, limit)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AuditEntry, error) {
+		var a AuditEntry
+		err := r.Scan(&a.ID, &a.At, &a.Actor, &a.Via, &a.Action, &a.Filter, &a.Rows, &a.FinishedAt)
+		return a, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
 	}
 	return out, nil
 }

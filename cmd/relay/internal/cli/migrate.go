@@ -17,6 +17,8 @@ func migrateFlags(fs *pflag.FlagSet) {
 	fs.String("app-role", "", "grant this role what an application needs to write outbox rows")
 	fs.String("relay-role", "", "grant this role what 'relay run' and the operations commands need")
 	fs.String("consumer-role", "", "grant this role what an inbox consumer needs")
+	fs.String("console-role", "", "grant this role what a read-only 'relay console' needs (it may look, never act)")
+	fs.String("operator-role", "", "grant this role what requeue, retry, discard and replay need (CLI or console)")
 }
 
 func runMigrate(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
@@ -26,8 +28,10 @@ func runMigrate(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSe
 	roles.App, _ = fs.GetString("app-role")
 	roles.Relay, _ = fs.GetString("relay-role")
 	roles.Consumer, _ = fs.GetString("consumer-role")
+	roles.Console, _ = fs.GetString("console-role")
+	roles.Operator, _ = fs.GetString("operator-role")
 	if printGrants && roles.Empty() {
-		return usageError{"--print-grants needs --app-role, --relay-role or --consumer-role"}
+		return usageError{"--print-grants needs --app-role, --relay-role, --consumer-role, --console-role or --operator-role"}
 	}
 	if printSQL {
 		script, err := migrations.Script(cfg.Schema)
@@ -119,7 +123,7 @@ func applyGrants(ctx context.Context, cfg config.Config, schema string, roles mi
 
 func rolesText(r migrations.Roles) string {
 	var s string
-	for _, p := range [][2]string{{"application", r.App}, {"relay", r.Relay}, {"consumer", r.Consumer}} {
+	for _, p := range [][2]string{{"application", r.App}, {"relay", r.Relay}, {"consumer", r.Consumer}, {"console", r.Console}, {"operator", r.Operator}} {
 		if p[1] != "" {
 			if s != "" {
 				s += ", "
