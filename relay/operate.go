@@ -25,6 +25,7 @@ type Status struct {
 	Pending          int64         // neither published nor dead
 	Due              int64         // pending and available now
 	Dead             int64         // parked
+	Failing          int64         // pending after a failed attempt (attempts > 0): waiting for a retry
 	OldestPendingAge time.Duration // age of the oldest pending row, 0 if none
 	BlockedKeys      int64         // ordering keys with a dead row
 	DeadTuples       int64         // dead tuples in the table, per pg_stat_user_tables
@@ -36,7 +37,7 @@ type Status struct {
 type ExchangeStatus struct {
 	Exchange         string
 	Pending, Due     int64
-	Dead             int64
+	Dead, Failing    int64
 	OldestPendingAge time.Duration
 }
 
@@ -46,11 +47,12 @@ type ExchangeStatus struct {
 const (
 	statusPending = `
 SELECT exchange, count(*), count(*) FILTER (WHERE available_at <= now()),
+       count(*) FILTER (WHERE attempts > 0),
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-FROM (SELECT exchange, available_at, created_at FROM outbox
+FROM (SELECT exchange, available_at, created_at, attempts FROM outbox
       WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NULL
       UNION ALL
-      SELECT exchange, available_at, created_at FROM outbox
+      SELECT exchange, available_at, created_at, attempts FROM outbox
       WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NOT NULL) p
 GROUP BY exchange`
 	statusDead  = `SELECT exchange, count(*) FROM outbox WHERE dead_at IS NOT NULL GROUP BY exchange`
@@ -74,11 +76,11 @@ func ReadStatus(ctx context.Context, db DB) (Status, error) {
 		return Status{}, fmt.Errorf("status: %w", err)
 	}
 	var ex string
-	var pending, due int64
+	var pending, due, failing int64
 	var age float64
-	_, err = pgx.ForEachRow(rows, []any{&ex, &pending, &due, &age}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&ex, &pending, &due, &failing, &age}, func() error {
 		s := get(ex)
-		s.Pending, s.Due, s.OldestPendingAge = pending, due, time.Duration(age*float64(time.Second))
+		s.Pending, s.Due, s.Failing, s.OldestPendingAge = pending, due, failing, time.Duration(age*float64(time.Second))
 		return nil
 	})
 	if err != nil {
@@ -110,10 +112,54 @@ func ReadStatus(ctx context.Context, db DB) (Status, error) {
 		st.Pending += s.Pending
 		st.Due += s.Due
 		st.Dead += s.Dead
+		st.Failing += s.Failing
 		st.OldestPendingAge = max(st.OldestPendingAge, s.OldestPendingAge)
 	}
 	sort.Slice(st.ByExchange, func(i, j int) bool { return st.ByExchange[i].Exchange < st.ByExchange[j].Exchange })
 	return st, nil
+}
+
+// FailingRow is a pending row whose last attempt failed: it waits for its
+// next attempt (NextAttempt, its available_at) and is not dead yet.
+type FailingRow struct {
+	ID          int64
+	MessageID   string
+	Exchange    string
+	RoutingKey  string
+	OrderingKey string
+	Attempts    int
+	LastError   string
+	NextAttempt time.Time
+}
+
+// listFailing reads the two pending partial indexes (unkeyed, and keyed
+// unpublished), so it costs the backlog, never the published rows.
+const listFailing = `
+SELECT id, message_id::text, exchange, routing_key, coalesce(ordering_key, ''), attempts,
+       coalesce(last_error, ''), available_at
+FROM (SELECT * FROM outbox WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NULL AND attempts > 0
+      UNION ALL
+      SELECT * FROM outbox WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NOT NULL AND attempts > 0) f
+ORDER BY id
+LIMIT $1`
+
+// ListFailing returns up to limit failing rows, oldest first. A row is
+// listed from its first failed attempt on, with the reason and when the
+// next attempt is due.
+func ListFailing(ctx context.Context, db DB, limit int) ([]FailingRow, error) {
+	rows, err := db.Query(ctx, listFailing, limit)
+	if err != nil {
+		return nil, fmt.Errorf("failing rows: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (FailingRow, error) {
+		var f FailingRow
+		err := r.Scan(&f.ID, &f.MessageID, &f.Exchange, &f.RoutingKey, &f.OrderingKey, &f.Attempts, &f.LastError, &f.NextAttempt)
+		return f, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("failing rows: %w", err)
+	}
+	return out, nil
 }
 
 // DeadRow is a parked row, for operators.

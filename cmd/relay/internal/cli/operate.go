@@ -69,11 +69,16 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 	if err != nil {
 		return err
 	}
+	failing, err := relay.ListFailing(ctx, pool, failingShown)
+	if err != nil {
+		return err
+	}
 	if asJSON, _ := fs.GetBool("json"); asJSON {
 		out := map[string]any{
 			"pending":                    st.Pending,
 			"due":                        st.Due,
 			"dead":                       st.Dead,
+			"failing":                    st.Failing,
 			"oldest_pending_age_seconds": st.OldestPendingAge.Seconds(),
 			"blocked_keys":               st.BlockedKeys,
 			"ordering_policy":            cfg.OrderingPolicy,
@@ -91,14 +96,21 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 			keys = append(keys, map[string]any{"ordering_key": b.Key, "dead_id": b.DeadID, "waiting": b.Waiting})
 		}
 		out["blocked"] = keys
+		fl := []map[string]any{}
+		for _, f := range failing {
+			fl = append(fl, map[string]any{"id": f.ID, "message_id": f.MessageID, "exchange": f.Exchange,
+				"routing_key": f.RoutingKey, "ordering_key": f.OrderingKey, "attempts": f.Attempts,
+				"last_error": f.LastError, "next_attempt": f.NextAttempt.UTC().Format(time.RFC3339Nano)})
+		}
+		out["failing_rows"] = fl
 		return writeJSON(e, out)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "exchange\tpending\tdue\tdead\toldest pending")
+	fmt.Fprintln(tw, "exchange\tpending\tdue\tfailing\tdead\toldest pending")
 	for _, s := range st.ByExchange {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", exchangeName(s.Exchange), s.Pending, s.Due, s.Dead, age(s.OldestPendingAge))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", exchangeName(s.Exchange), s.Pending, s.Due, s.Failing, s.Dead, age(s.OldestPendingAge))
 	}
-	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%s\n", st.Pending, st.Due, st.Dead, age(st.OldestPendingAge))
+	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%d\t%s\n", st.Pending, st.Due, st.Failing, st.Dead, age(st.OldestPendingAge))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -108,6 +120,7 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 	}
 	fmt.Fprintf(e.stdout, "\nordering keys with a dead row: %d (ordering_policy %s: %s)\n", st.BlockedKeys, cfg.OrderingPolicy, held)
 	printBlocked(e, blocked, st.BlockedKeys)
+	printFailing(e, failing, st.Failing)
 	fmt.Fprintf(e.stdout, "outbox table: %.1f MiB, %d dead tuples\n", float64(st.TableBytes)/(1<<20), st.DeadTuples)
 	return nil
 }
@@ -202,8 +215,25 @@ func age(d time.Duration) string {
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-// blockedShown is how many blocked keys relay status lists.
-const blockedShown = 20
+// blockedShown and failingShown are how many blocked keys and failing
+// rows relay status lists.
+const (
+	blockedShown = 20
+	failingShown = 20
+)
+
+// printFailing lists failing rows (a failed attempt, not dead yet) with
+// their reason and next attempt.
+func printFailing(e *env, failing []relay.FailingRow, total int64) {
+	fmt.Fprintf(e.stdout, "failing rows (a failed attempt, not dead yet): %d\n", total)
+	for _, f := range failing {
+		fmt.Fprintf(e.stdout, "  %d %s: attempt %d failed, next at %s: %s\n", f.ID, exchangeName(f.Exchange)+" "+printable(f.RoutingKey),
+			f.Attempts, f.NextAttempt.UTC().Format(time.RFC3339), printable(oneLine(f.LastError)))
+	}
+	if total > int64(len(failing)) {
+		fmt.Fprintf(e.stdout, "  (first %d shown, oldest first)\n", len(failing))
+	}
+}
 
 // runDiscard deletes dead rows (relay.Discard) and prints each one it
 // deleted, so the operator's terminal keeps a record of what went.
