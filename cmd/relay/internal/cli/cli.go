@@ -84,6 +84,8 @@ func commands() []command {
 		{"retry", "make waiting (pending) rows due now: retry ID...", []string{config.KeyDatabaseURL}, nil, runRetry, dbKeys},
 		{"replay", "publish published rows again, as new pending rows the relay publishes in order: replay --message-ids same|new FILTER... [--batch N] [--rate R]", []string{config.KeyDatabaseURL}, replayFlags, runReplay, dbKeys},
 		{"audit", "list the operator actions recorded (requeue, retry, discard, replay), newest first [--limit N] [--before ID] [--json]", []string{config.KeyDatabaseURL}, auditFlags, runAudit, dbKeys},
+		{"console", "serve the web console (views, search, requeue, retry, discard, replay) on console_addr until SIGTERM", []string{config.KeyDatabaseURL}, nil, runConsole,
+			append([]string{"console_addr", "console_token_file"}, dbKeys...)},
 		{"version", "print the version", nil, nil, runVersion, []string{}},
 	}
 }
