@@ -147,7 +147,7 @@ func (s *Server) secure(next http.Handler) http.Handler {
 		h.Set("Content-Security-Policy", csp)
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Referrer-Policy", "same-origin") // no-referrer would make the browser send Origin: null on our own forms
 		h.Set("Cache-Control", "no-store")
 		if r.Method == http.MethodPost && !s.sameOrigin(r) {
 			http.Error(w, "cross-site request refused", http.StatusForbidden)

@@ -195,8 +195,8 @@ func drawChart(counts []int64) chart {
 	return c
 }
 
-// heldKey is an ordering key whose head waits: for a retry (held) or
-// behind a dead row (blocked).
+// keysData is the keys page: ordering keys whose head waits, for a retry
+// (held) or behind a dead row (blocked).
 type keysData struct {
 	Blocked []relay.BlockedKey
 	Held    []relay.FailingRow
