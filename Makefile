@@ -52,6 +52,11 @@ test: ## install and start the services, lint, run every test with the race dete
 	@$(MAKE) --no-print-directory fault
 	@$(MAKE) --no-print-directory partition
 
+.PHONY: screenshots
+screenshots: ## refresh docs/console-overview.png and docs/console-row.png: headless Chromium against a seeded console
+	@scripts/services.sh up >/dev/null
+	. $(ENV_FILE) && RELAY_SCREENSHOTS=$(CURDIR)/docs $(GO) test -count=1 -run '^TestScreenshots$$' ./cmd/relay/internal/console
+
 .PHONY: deploy-check
 deploy-check: ## check docker-compose.yml, the Dockerfile, the Kubernetes manifests and the systemd units with real parsers (module deploy/)
 	cd deploy && CI=$${CI:-} $(GO) test -race -count=1 ./...

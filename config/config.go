@@ -44,6 +44,9 @@ type Config struct {
 	LogLevel          string
 	LogFormat         string
 	OrderingPolicy    string
+	ParkUnroutable    bool
+	ConsoleAddr       string
+	ConsoleTokenFile  string
 	StrictOrdering    bool
 	MaxBatchBytes     int64
 	RescanInterval    time.Duration
@@ -138,6 +141,15 @@ var keys = []key{
 	{"max_payload_bytes", "16777216", "payloads larger than this are failed without publishing (keep at or below the broker's max_message_size)", intIn(1, 512<<20, func(c *Config, v int) { c.MaxPayloadBytes = v })},
 	{"shutdown_timeout", "10s", "on SIGTERM, how long in-flight batches may take to finish before they are abandoned", durationIn(0, time.Hour, func(c *Config, v time.Duration) { c.ShutdownTimeout = v })},
 	{"ordering_policy", "block", "while an earlier row of a key is dead: block the key's later rows (until requeued or discarded) or skip past it", oneOf([]string{"block", "skip"}, func(c *Config, v string) { c.OrderingPolicy = v })},
+	{"console_addr", "127.0.0.1:8090", "address of relay console; any address but loopback requires console_token_file", text(func(c *Config, s string) error {
+		c.ConsoleAddr = s
+		return nil
+	})},
+	{"console_token_file", "", "file holding the token relay console requires of every request (login form or Authorization: Bearer); required off loopback", text(func(c *Config, s string) error {
+		c.ConsoleTokenFile = s
+		return nil
+	})},
+	{"park_unroutable", "false", "true: a row the broker returns as unroutable, or sent to an exchange that does not exist, is parked dead at its first failure; false: it is retried with backoff like any failure (the binding or exchange may appear later, declared by a consumer)", boolean(func(c *Config, v bool) { c.ParkUnroutable = v })},
 	{"strict_ordering", "false", "true: at most one unconfirmed row per ordering key (other keys stay pipelined), so a broker that refuses a row can never accept the key's next row first; false: a key's run is pipelined and such an overtake is counted (outboxrelay_relay_ordering_overtaken_total)", boolean(func(c *Config, v bool) { c.StrictOrdering = v })},
 	{"max_batch_bytes", "0", "payload bytes one batch may load; the relay's memory follows it (0: 16 MiB or max_payload_bytes if larger; must not be below max_payload_bytes)", intIn(0, 1<<40, func(c *Config, v int) { c.MaxBatchBytes = int64(v) })},
 	{"rescan_interval", "1s", "while draining a backlog, how often a claim starts from the beginning of the table (finds rows committed late below the cursor)", durationIn(10*time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.RescanInterval = v })},

@@ -24,10 +24,19 @@ type Roles struct {
 	// the inbox's row-level security, no other role may read, insert or
 	// delete their inbox rows, and Consumer may touch no other name's.
 	Consumers []string
+	// Console may only look: `relay console` under it shows every view
+	// and refuses every action (the database refuses them too, so a
+	// hand-made request cannot act).
+	Console string
+	// Operator may act: requeue, retry, discard and replay, from the CLI
+	// or the console, each recorded in relay_audit.
+	Operator string
 }
 
 // Empty reports whether no role is named.
-func (r Roles) Empty() bool { return r.App == "" && r.Relay == "" && r.Consumer == "" }
+func (r Roles) Empty() bool {
+	return r.App == "" && r.Relay == "" && r.Consumer == "" && r.Console == "" && r.Operator == ""
+}
 
 // MessageColumns are the outbox columns an application may write: the
 // message. The others (id, attempts, suspected, dead_at, published_at,
@@ -40,7 +49,7 @@ var MessageColumns = []string{"message_id", "exchange", "routing_key", "payload"
 // PostgreSQL could not hold, and consumer names without a consumer role
 // or that the inbox table would refuse.
 func (r Roles) Validate() error {
-	for _, p := range [][2]string{{"app-role", r.App}, {"relay-role", r.Relay}, {"consumer-role", r.Consumer}} {
+	for _, p := range [][2]string{{"app-role", r.App}, {"relay-role", r.Relay}, {"consumer-role", r.Consumer}, {"console-role", r.Console}, {"operator-role", r.Operator}} {
 		switch {
 		case p[1] == "":
 		case strings.EqualFold(p[1], "public"):
@@ -84,6 +93,15 @@ func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 //     are registered; SELECT on inbox_consumer, which the policy reads.
 //     Each of Consumers is registered to it (moved from another role if
 //     registered there).
+//   - Console: SELECT on outbox, relay_audit and VersionTable: it reads.
+//   - Operator: what the console has, and INSERT, UPDATE, DELETE on
+//     outbox (replay inserts copies; requeue, retry and discard) with
+//     USAGE on the id sequence (keyed copies draw their id in the ordering
+//     trigger), and INSERT on relay_audit of every column but actor and at
+//     (their defaults, session_user and now(), stand) and UPDATE of rows
+//     and finished_at alone (a replay counts its rows as it goes).
+//   - Relay: also the operator's rights, since the operations commands
+//     run under it.
 //
 // Each also gets USAGE on the schema. Nothing is granted to PUBLIC. Call
 // Validate first.
@@ -110,9 +128,13 @@ func Grants(schema string, r Roles) string {
 		"GRANT INSERT (" + strings.Join(MessageColumns, ", ") + ") ON " + q("outbox"),
 		"GRANT SELECT (id, message_id) ON " + q("outbox"),
 		"GRANT USAGE ON SEQUENCE " + q("outbox_id_seq")}, executeGrants(q)...)...)
-	grant(r.Relay, "relay: claims, marks and deletes outbox rows",
-		"GRANT SELECT, UPDATE, DELETE ON "+q("outbox"),
-		"GRANT SELECT ON "+q(VersionTable))
+	audit := []string{
+		"GRANT SELECT, INSERT (via, action, filter, rows, finished_at), UPDATE (rows, finished_at) ON " + q("relay_audit"),
+	}
+	grant(r.Relay, "relay: claims, marks and deletes outbox rows; the operations commands (replay inserts copies)",
+		append([]string{"GRANT SELECT, INSERT, UPDATE, DELETE ON " + q("outbox"),
+			"GRANT USAGE ON SEQUENCE " + q("outbox_id_seq"),
+			"GRANT SELECT ON " + q(VersionTable)}, audit...)...)
 	grant(r.Consumer, "consumer: the inbox table, its own consumers' rows",
 		"GRANT SELECT, INSERT, DELETE ON "+q("inbox"),
 		"GRANT SELECT ON "+q("inbox_consumer"))
@@ -120,6 +142,14 @@ func Grants(schema string, r Roles) string {
 		fmt.Fprintf(&b, "INSERT INTO %s (consumer, role) VALUES (%s, %s::regrole)\n    ON CONFLICT (consumer) DO UPDATE SET role = EXCLUDED.role;\n",
 			q("inbox_consumer"), quoteLiteral(c), quoteLiteral(pgx.Identifier{r.Consumer}.Sanitize()))
 	}
+	grant(r.Console, "console: reads the outbox and the audit table, acts on nothing",
+		"GRANT SELECT ON "+q("outbox"),
+		"GRANT SELECT ON "+q("relay_audit"),
+		"GRANT SELECT ON "+q(VersionTable))
+	grant(r.Operator, "operator: requeue, retry, discard, replay, each audited",
+		append([]string{"GRANT SELECT, INSERT, UPDATE, DELETE ON " + q("outbox"),
+			"GRANT USAGE ON SEQUENCE " + q("outbox_id_seq"),
+			"GRANT SELECT ON " + q(VersionTable)}, audit...)...)
 	return b.String()
 }
 

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -30,6 +31,7 @@ type Status struct {
 	// relay publishes them, so they are due).
 	HeldByPending, HeldByDead int64
 	Dead                      int64         // parked
+	Failing                   int64         // pending after a failed attempt (attempts > 0): waiting for a retry
 	OldestPendingAge          time.Duration // age of the oldest pending row, 0 if none
 	BlockedKeys               int64         // ordering keys with a dead row
 	DeadTuples                int64         // dead tuples in the table, per pg_stat_user_tables
@@ -43,7 +45,7 @@ type ExchangeStatus struct {
 	Pending, Due     int64
 	HeldByPending    int64
 	HeldByDead       int64
-	Dead             int64
+	Dead, Failing    int64
 	OldestPendingAge time.Duration
 }
 
@@ -60,11 +62,12 @@ SELECT exchange, count(*),
        count(*) FILTER (WHERE available_at <= now() AND NOT behind_pending AND NOT behind_dead),
        count(*) FILTER (WHERE available_at <= now() AND behind_pending),
        count(*) FILTER (WHERE available_at <= now() AND NOT behind_pending AND behind_dead),
+       count(*) FILTER (WHERE attempts > 0),
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-FROM (SELECT exchange, available_at, created_at, false AS behind_pending, false AS behind_dead FROM outbox
+FROM (SELECT exchange, available_at, created_at, attempts, false AS behind_pending, false AS behind_dead FROM outbox
       WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NULL
       UNION ALL
-      SELECT o.exchange, o.available_at, o.created_at, o.id > h.first_pending, coalesce(o.id > h.first_dead, false)
+      SELECT o.exchange, o.available_at, o.created_at, o.attempts, o.id > h.first_pending, coalesce(o.id > h.first_dead, false)
       FROM outbox o
       JOIN (SELECT ordering_key, min(id) FILTER (WHERE dead_at IS NULL) AS first_pending,
                    min(id) FILTER (WHERE dead_at IS NOT NULL) AS first_dead
@@ -95,11 +98,11 @@ func ReadStatus(ctx context.Context, db DB) (Status, error) {
 		return Status{}, fmt.Errorf("status: %w", err)
 	}
 	var ex string
-	var pending, due, byPending, byDead int64
+	var pending, due, byPending, byDead, failing int64
 	var age float64
-	_, err = pgx.ForEachRow(rows, []any{&ex, &pending, &due, &byPending, &byDead, &age}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&ex, &pending, &due, &byPending, &byDead, &failing, &age}, func() error {
 		s := get(ex)
-		s.Pending, s.Due, s.OldestPendingAge = pending, due, time.Duration(age*float64(time.Second))
+		s.Pending, s.Due, s.Failing, s.OldestPendingAge = pending, due, failing, time.Duration(age*float64(time.Second))
 		s.HeldByPending, s.HeldByDead = byPending, byDead
 		return nil
 	})
@@ -134,6 +137,7 @@ func ReadStatus(ctx context.Context, db DB) (Status, error) {
 		st.HeldByPending += s.HeldByPending
 		st.HeldByDead += s.HeldByDead
 		st.Dead += s.Dead
+		st.Failing += s.Failing
 		st.OldestPendingAge = max(st.OldestPendingAge, s.OldestPendingAge)
 	}
 	sort.Slice(st.ByExchange, func(i, j int) bool { return st.ByExchange[i].Exchange < st.ByExchange[j].Exchange })
@@ -150,6 +154,49 @@ func (s Status) Skip() Status {
 		e.Due, e.HeldByDead = e.Due+e.HeldByDead, 0
 	}
 	return s
+}
+
+// FailingRow is a pending row whose last attempt failed: it waits for its
+// next attempt (NextAttempt, its available_at) and is not dead yet.
+type FailingRow struct {
+	ID          int64
+	MessageID   string
+	Exchange    string
+	RoutingKey  string
+	OrderingKey string
+	Attempts    int
+	LastError   string
+	NextAttempt time.Time
+}
+
+// listFailing reads the two pending partial indexes (unkeyed, and keyed
+// unpublished), so it costs the backlog, never the published rows.
+const listFailing = `
+SELECT id, message_id::text, exchange, routing_key, coalesce(ordering_key, ''), attempts,
+       coalesce(last_error, ''), available_at
+FROM (SELECT * FROM outbox WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NULL AND attempts > 0
+      UNION ALL
+      SELECT * FROM outbox WHERE published_at IS NULL AND dead_at IS NULL AND ordering_key IS NOT NULL AND attempts > 0) f
+ORDER BY id
+LIMIT $1`
+
+// ListFailing returns up to limit failing rows, oldest first. A row is
+// listed from its first failed attempt on, with the reason and when the
+// next attempt is due.
+func ListFailing(ctx context.Context, db DB, limit int) ([]FailingRow, error) {
+	rows, err := db.Query(ctx, listFailing, limit)
+	if err != nil {
+		return nil, fmt.Errorf("failing rows: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (FailingRow, error) {
+		var f FailingRow
+		err := r.Scan(&f.ID, &f.MessageID, &f.Exchange, &f.RoutingKey, &f.OrderingKey, &f.Attempts, &f.LastError, &f.NextAttempt)
+		return f, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("failing rows: %w", err)
+	}
+	return out, nil
 }
 
 // DeadRow is a parked row, for operators.
@@ -249,6 +296,21 @@ func Requeue(ctx context.Context, db DB, ids []int64) ([]int64, error) {
 }
 
 func requeueRows(ctx context.Context, db DB, ids []int64) ([]int64, error) {
+	if tx, ok := db.(pgx.Tx); ok {
+		// In the caller's transaction (Audited): a refused row must not
+		// abort it, so each try runs under a savepoint.
+		var done []int64
+		err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
+			var err error
+			done, err = requeueOnce(ctx, sp, ids)
+			return err
+		})
+		return done, err
+	}
+	return requeueOnce(ctx, db, ids)
+}
+
+func requeueOnce(ctx context.Context, db DB, ids []int64) ([]int64, error) {
 	rows, err := db.Query(ctx, requeue, ids)
 	if err != nil {
 		return nil, err
@@ -382,6 +444,65 @@ func ListBlockedKeys(ctx context.Context, db DB, limit int) ([]BlockedKey, error
 	})
 	if err != nil {
 		return nil, fmt.Errorf("blocked keys: %w", err)
+	}
+	return out, nil
+}
+
+// AuditEntry is one row of relay_audit: an operator action.
+type AuditEntry struct {
+	ID         int64
+	At         time.Time
+	Actor      string // the database role that acted (session_user)
+	Via        string // "cli", "console"
+	Action     string // requeue, retry, discard, replay
+	Filter     json.RawMessage
+	Rows       int64
+	FinishedAt *time.Time // nil while a replay runs (or if it was interrupted)
+}
+
+// Audited runs act in a transaction and records it in relay_audit in the
+// same transaction: an action that could not be recorded is not done.
+// act returns how many rows it changed. filter is what the action was
+// given (row ids, a replay's filter), stored as JSON.
+func Audited(ctx context.Context, db TxDB, via, action string, filter any, act func(tx pgx.Tx) (int64, error)) error {
+	f, err := json.Marshal(filter)
+	if err != nil {
+		return fmt.Errorf("%s: audit: %w", action, err)
+	}
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		n, actErr := act(tx)
+		var refused *RefusedError
+		if actErr != nil && !errors.As(actErr, &refused) {
+			return actErr
+		}
+		if _, err := tx.Exec(ctx, auditInsert, via, action, f, n, true); err != nil {
+			return fmt.Errorf("%s: audit: %w", action, err)
+		}
+		return actErr
+	})
+}
+
+const listAudit = `
+SELECT id, at, actor, via, action, filter, rows, finished_at FROM relay_audit
+WHERE ($1::bigint = 0 OR id < $1)
+ORDER BY id DESC
+LIMIT $2`
+
+// ListAudit returns up to limit audit entries, newest first, older than
+// the entry before (0: from the newest): keyset pagination on the
+// primary key.
+func ListAudit(ctx context.Context, db DB, before int64, limit int) ([]AuditEntry, error) {
+	rows, err := db.Query(ctx, listAudit, before, limit)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AuditEntry, error) {
+		var a AuditEntry
+		err := r.Scan(&a.ID, &a.At, &a.Actor, &a.Via, &a.Action, &a.Filter, &a.Rows, &a.FinishedAt)
+		return a, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
 	}
 	return out, nil
 }

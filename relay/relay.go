@@ -61,6 +61,11 @@ type Config struct {
 	// is requeued or discarded; OrderingSkip lets them go on. Either way
 	// they wait while an earlier row is pending or retrying.
 	OrderingPolicy OrderingPolicy
+	// ParkUnroutable parks a row the broker returned as unroutable, or
+	// whose exchange does not exist, dead at its first failure instead of
+	// retrying it with backoff (see policy.go for why retrying is the
+	// default).
+	ParkUnroutable bool
 	// StrictOrdering keeps at most one unconfirmed row per ordering key
 	// (rows of other keys and rows without a key are still pipelined), so
 	// a broker that refuses row k can never have accepted k+1 first. Off

@@ -108,6 +108,21 @@ func (b *testBundle) waitRefused(t *testing.T) {
 	}
 }
 
+func (b *testBundle) waitFailed(t *testing.T) {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case r := <-b.batches:
+			if r.Failed > 0 {
+				return
+			}
+		case <-timeout:
+			t.Fatal("no failed attempt within 30s")
+		}
+	}
+}
+
 func TestPublishesPlainSQLAndGoRowsWithTheirProperties(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)

@@ -232,14 +232,15 @@ func (w *worker) settle(b *batch) marks {
 			m.publishedMsgIDs = append(m.publishedMsgIDs, row.messageID)
 			w.claimAgain = w.claimAgain || row.key != ""
 		case stateFailed:
+			parks := parksAtOnce(o.reason, o.permanent, row.attempts, w.r.cfg.MaxAttempts, w.r.cfg.ParkUnroutable)
 			m.failures = append(m.failures, failure{
-				id: row.id, err: o.reason + ": " + o.msg, permanent: o.permanent,
+				id: row.id, err: o.reason + ": " + o.msg, permanent: parks,
 				delayMS: w.r.retry.Equal(row.attempts).Milliseconds(),
 			})
 			w.r.m.failed.WithLabelValues(o.reason).Inc()
 			w.log.Warn("publish failed", "id", row.id, "message_id", row.messageID,
 				"exchange", row.exchange, "routing_key", row.routingKey, "ordering_key", row.key,
-				"attempt", row.attempts+1, "reason", o.reason, "permanent", o.permanent, "err", o.msg)
+				"attempt", row.attempts+1, "reason", o.reason, "permanent", o.permanent, "parked", parks, "err", o.msg)
 		case stateDeferred:
 			m.deferred = append(m.deferred, failure{id: row.id, err: o.reason + ": " + o.msg,
 				delayMS: w.r.retry.Equal(row.attempts).Milliseconds()})

@@ -59,6 +59,8 @@ ensure_packages() {
 	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || want+=(pgbouncer)
 	# go test ./deploy checks the systemd units with systemd-analyze verify.
 	command -v systemd-analyze >/dev/null 2>&1 || want+=(systemd)
+	# The console's browser tests and make screenshots drive headless Chromium.
+	command -v chromium >/dev/null 2>&1 || want+=(chromium)
 	if [ "${#want[@]}" -gt 0 ]; then
 		apt_install "${want[@]}"
 		PG_BIN="$(find_pg_bin)"

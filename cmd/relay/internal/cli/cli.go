@@ -75,13 +75,17 @@ func printable(s string) string {
 func commands() []command {
 	return []command{
 		{"run", "run the relay until SIGTERM or SIGINT", []string{config.KeyDatabaseURL, config.KeyAMQPURL}, nil, runRelay, nil},
-		{"migrate", "apply the embedded database migrations (safe to repeat) [--print-sql] [--app-role R --relay-role R --consumer-role R [--consumers a,b]] [--print-grants]", nil, migrateFlags, runMigrate, append(slices.Clip(dbKeys), "allowed_exchanges", "allowed_queues")},
+		{"migrate", "apply the embedded database migrations (safe to repeat) [--print-sql] [--app-role R --relay-role R --consumer-role R [--consumers a,b] --console-role R --operator-role R] [--print-grants]", nil, migrateFlags, runMigrate, append(slices.Clip(dbKeys), "allowed_exchanges", "allowed_queues")},
 		{"status", "pending, due, dead rows and oldest pending age, per exchange; ordering keys held by a dead row [--json]", []string{config.KeyDatabaseURL}, statusFlags, runStatus,
 			append([]string{"ordering_policy"}, dbKeys...)},
 		{"dead", "list dead rows with their last error [--limit N] [--json]", []string{config.KeyDatabaseURL}, deadFlags, runDead, dbKeys},
 		{"requeue", "move dead rows back to pending: requeue ID... | requeue --all", []string{config.KeyDatabaseURL}, requeueFlags, runRequeue, dbKeys},
 		{"discard", "delete dead rows for good: discard ID...", []string{config.KeyDatabaseURL}, nil, runDiscard, dbKeys},
 		{"retry", "make waiting (pending) rows due now: retry ID...", []string{config.KeyDatabaseURL}, nil, runRetry, dbKeys},
+		{"replay", "publish published rows again, as new pending rows the relay publishes in order: replay --message-ids same|new FILTER... [--batch N] [--rate R]", []string{config.KeyDatabaseURL}, replayFlags, runReplay, dbKeys},
+		{"audit", "list the operator actions recorded (requeue, retry, discard, replay), newest first [--limit N] [--before ID] [--json]", []string{config.KeyDatabaseURL}, auditFlags, runAudit, dbKeys},
+		{"console", "serve the web console (views, search, requeue, retry, discard, replay) on console_addr until SIGTERM", []string{config.KeyDatabaseURL}, nil, runConsole,
+			append([]string{"console_addr", "console_token_file"}, dbKeys...)},
 		{"version", "print the version", nil, nil, runVersion, []string{}},
 	}
 }

@@ -21,6 +21,10 @@ var ownFlagTypes = map[string]string{
 	"config": "string", "json": "bool", "limit": "int", "all": "bool",
 	"print-sql": "bool", "print-grants": "bool",
 	"app-role": "string", "relay-role": "string", "consumer-role": "string", "consumers": "string",
+	"console-role": "string", "operator-role": "string",
+	"from-id": "int", "to-id": "int", "since": "string", "until": "string", "ordering-key": "string",
+	"exchange": "string", "routing-key": "string", "message-ids": "string", "batch": "int", "rate": "float",
+	"before": "int",
 }
 
 // keyType is the type a key's default is written in: the types --help

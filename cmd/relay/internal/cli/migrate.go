@@ -19,6 +19,8 @@ func migrateFlags(fs *pflag.FlagSet) {
 	fs.String("relay-role", "", "grant this role what 'relay run' and the operations commands need")
 	fs.String("consumer-role", "", "grant this role what an inbox consumer needs")
 	fs.String("consumers", "", "the inbox consumer names the consumer role runs, comma-separated: registered to it, so that no other role may read or write their inbox rows")
+	fs.String("console-role", "", "grant this role what a read-only 'relay console' needs (it may look, never act)")
+	fs.String("operator-role", "", "grant this role what requeue, retry, discard and replay need (CLI or console)")
 }
 
 func runMigrate(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
@@ -28,6 +30,8 @@ func runMigrate(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSe
 	roles.App, _ = fs.GetString("app-role")
 	roles.Relay, _ = fs.GetString("relay-role")
 	roles.Consumer, _ = fs.GetString("consumer-role")
+	roles.Console, _ = fs.GetString("console-role")
+	roles.Operator, _ = fs.GetString("operator-role")
 	if names, _ := fs.GetString("consumers"); names != "" {
 		for _, n := range strings.Split(names, ",") {
 			roles.Consumers = append(roles.Consumers, strings.TrimSpace(n))
@@ -38,7 +42,7 @@ func runMigrate(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSe
 	}
 	targets := migrations.Targets{Exchanges: cfg.AllowedExchanges, Queues: cfg.AllowedQueues}
 	if printGrants && roles.Empty() {
-		return usageError{"--print-grants needs --app-role, --relay-role or --consumer-role"}
+		return usageError{"--print-grants needs --app-role, --relay-role, --consumer-role, --console-role or --operator-role"}
 	}
 	if printSQL {
 		script, err := migrations.Script(cfg.Schema)
@@ -132,7 +136,7 @@ func applySQL(ctx context.Context, cfg config.Config, statements string) error {
 
 func rolesText(r migrations.Roles) string {
 	var s string
-	for _, p := range [][2]string{{"application", r.App}, {"relay", r.Relay}, {"consumer", r.Consumer}} {
+	for _, p := range [][2]string{{"application", r.App}, {"relay", r.Relay}, {"consumer", r.Consumer}, {"console", r.Console}, {"operator", r.Operator}} {
 		if p[1] != "" {
 			if s != "" {
 				s += ", "

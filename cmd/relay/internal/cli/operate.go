@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/pflag"
 
@@ -81,12 +82,17 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 	if err != nil {
 		return err
 	}
+	failing, err := relay.ListFailing(ctx, pool, failingShown)
+	if err != nil {
+		return err
+	}
 	if asJSON, _ := fs.GetBool("json"); asJSON {
 		out := map[string]any{
 			"pending":                    st.Pending,
 			"due":                        st.Due,
 			"held":                       st.HeldByPending + st.HeldByDead,
 			"dead":                       st.Dead,
+			"failing":                    st.Failing,
 			"oldest_pending_age_seconds": st.OldestPendingAge.Seconds(),
 			"blocked_keys":               st.BlockedKeys,
 			"ordering_policy":            cfg.OrderingPolicy,
@@ -95,7 +101,7 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 		}
 		list := []map[string]any{} // [] when empty, never null
 		for _, s := range st.ByExchange {
-			list = append(list, map[string]any{"exchange": s.Exchange, "pending": s.Pending, "due": s.Due, "held": s.HeldByPending + s.HeldByDead,
+			list = append(list, map[string]any{"exchange": s.Exchange, "pending": s.Pending, "due": s.Due, "held": s.HeldByPending + s.HeldByDead, "failing": s.Failing,
 				"dead": s.Dead, "oldest_pending_age_seconds": s.OldestPendingAge.Seconds()})
 		}
 		out["by_exchange"] = list
@@ -104,15 +110,22 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 			keys = append(keys, map[string]any{"ordering_key": b.Key, "dead_id": b.DeadID, "waiting": b.Waiting})
 		}
 		out["blocked"] = keys
+		fl := []map[string]any{}
+		for _, f := range failing {
+			fl = append(fl, map[string]any{"id": f.ID, "message_id": f.MessageID, "exchange": f.Exchange,
+				"routing_key": f.RoutingKey, "ordering_key": f.OrderingKey, "attempts": f.Attempts,
+				"last_error": f.LastError, "next_attempt": f.NextAttempt.UTC().Format(time.RFC3339Nano)})
+		}
+		out["failing_rows"] = fl
 		return writeJSON(e, out)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "exchange\tpending\tdue\theld\tdead\toldest pending")
+	fmt.Fprintln(tw, "exchange\tpending\tdue\theld\tfailing\tdead\toldest pending")
 	for _, s := range st.ByExchange {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", exchangeName(s.Exchange), s.Pending, s.Due, s.HeldByPending+s.HeldByDead,
-			s.Dead, age(s.OldestPendingAge))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", exchangeName(s.Exchange), s.Pending, s.Due, s.HeldByPending+s.HeldByDead,
+			s.Failing, s.Dead, age(s.OldestPendingAge))
 	}
-	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%d\t%s\n", st.Pending, st.Due, st.HeldByPending+st.HeldByDead, st.Dead, age(st.OldestPendingAge))
+	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%d\t%d\t%s\n", st.Pending, st.Due, st.HeldByPending+st.HeldByDead, st.Failing, st.Dead, age(st.OldestPendingAge))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -123,16 +136,13 @@ func runStatus(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet
 	}
 	fmt.Fprintf(e.stdout, "\nordering keys with a dead row: %d (ordering_policy %s: %s)\n", st.BlockedKeys, cfg.OrderingPolicy, held)
 	printBlocked(e, blocked, st.BlockedKeys)
+	printFailing(e, failing, st.Failing)
 	fmt.Fprintf(e.stdout, "outbox table: %.1f MiB, %d dead tuples\n", float64(st.TableBytes)/(1<<20), st.DeadTuples)
 	return nil
 }
 
 func runDead(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
-	limit, _ := fs.GetInt("limit")
-	if limit < 1 {
-		return usageError{"--limit must be at least 1"}
-	}
-	pool, err := openPool(ctx, cfg)
+	limit, pool, err := limitAndPool(ctx, cfg, fs)
 	if err != nil {
 		return err
 	}
@@ -177,7 +187,12 @@ func runRequeue(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSe
 		return err
 	}
 	defer pool.Close()
-	done, err := relay.Requeue(ctx, pool, ids)
+	var done []int64
+	err = relay.Audited(ctx, pool, "cli", "requeue", idsFilter(ids), func(tx pgx.Tx) (int64, error) {
+		var err error
+		done, err = relay.Requeue(ctx, tx, ids)
+		return int64(len(done)), err
+	})
 	var refused *relay.RefusedError
 	if err != nil && !errors.As(err, &refused) {
 		return err
@@ -227,8 +242,25 @@ func statusLegend(st relay.Status) string {
 	return l
 }
 
-// blockedShown is how many blocked keys relay status lists.
-const blockedShown = 20
+// blockedShown and failingShown are how many blocked keys and failing
+// rows relay status lists.
+const (
+	blockedShown = 20
+	failingShown = 20
+)
+
+// printFailing lists failing rows (a failed attempt, not dead yet) with
+// their reason and next attempt.
+func printFailing(e *env, failing []relay.FailingRow, total int64) {
+	fmt.Fprintf(e.stdout, "failing rows (a failed attempt, not dead yet): %d\n", total)
+	for _, f := range failing {
+		fmt.Fprintf(e.stdout, "  %d %s: attempt %d failed, next at %s: %s\n", f.ID, exchangeName(f.Exchange)+" "+printable(f.RoutingKey),
+			f.Attempts, f.NextAttempt.UTC().Format(time.RFC3339), printable(oneLine(f.LastError)))
+	}
+	if total > int64(len(failing)) {
+		fmt.Fprintf(e.stdout, "  (first %d shown, oldest first)\n", len(failing))
+	}
+}
 
 // runDiscard deletes dead rows (relay.Discard) and prints each one it
 // deleted, so the operator's terminal keeps a record of what went.
@@ -238,7 +270,12 @@ func runDiscard(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSe
 		return err
 	}
 	defer pool.Close()
-	gone, err := relay.Discard(ctx, pool, ids)
+	var gone []relay.DeadRow
+	err = relay.Audited(ctx, pool, "cli", "discard", idsFilter(ids), func(tx pgx.Tx) (int64, error) {
+		var err error
+		gone, err = relay.Discard(ctx, tx, ids)
+		return int64(len(gone)), err
+	})
 	if err != nil {
 		return err
 	}
@@ -271,7 +308,12 @@ func runRetry(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet)
 		return err
 	}
 	defer pool.Close()
-	done, err := relay.RetryNow(ctx, pool, ids)
+	var done []int64
+	err = relay.Audited(ctx, pool, "cli", "retry", idsFilter(ids), func(tx pgx.Tx) (int64, error) {
+		var err error
+		done, err = relay.RetryNow(ctx, tx, ids)
+		return int64(len(done)), err
+	})
 	if err != nil {
 		return err
 	}
@@ -353,4 +395,162 @@ func deadJSON(rows []relay.DeadRow) []map[string]any {
 			"created_at": d.CreatedAt.UTC().Format(time.RFC3339Nano), "dead_at": d.DeadAt.UTC().Format(time.RFC3339Nano)})
 	}
 	return out
+}
+
+// idsFilter is what relay_audit records of an action on row ids: the ids,
+// or "all" (requeue --all).
+func idsFilter(ids []int64) map[string]any {
+	if ids == nil {
+		return map[string]any{"all": true}
+	}
+	return map[string]any{"ids": ids}
+}
+
+func replayFlags(fs *pflag.FlagSet) {
+	fs.Int64("from-id", 0, "replay rows with id >= this")
+	fs.Int64("to-id", 0, "replay rows with id <= this")
+	fs.String("since", "", "replay rows created at or after this time (RFC 3339, e.g. 2026-01-02T15:04:05Z)")
+	fs.String("until", "", "replay rows created before this time (RFC 3339)")
+	fs.String("ordering-key", "", "replay rows of this ordering key")
+	fs.String("exchange", "", "replay rows sent to this exchange (--exchange= for the default exchange)")
+	fs.String("routing-key", "", "replay rows with this routing key")
+	fs.String("message-ids", "", "same: copies keep the message id (inbox consumers apply only what they missed); new: fresh ids (every consumer applies again)")
+	fs.Int("batch", 100, "copies per step; a step waits until the previous one is published")
+	fs.Float64("rate", 0, "at most this many copies per second (0: no cap beyond --batch)")
+}
+
+// replayOptions reads relay replay's flags.
+func replayOptions(fs *pflag.FlagSet) (relay.ReplayOptions, error) {
+	var o relay.ReplayOptions
+	f := &o.Filter
+	f.FromID, _ = fs.GetInt64("from-id")
+	f.ToID, _ = fs.GetInt64("to-id")
+	for _, t := range []struct {
+		name string
+		dst  *time.Time
+	}{{"since", &f.Since}, {"until", &f.Until}} {
+		v, _ := fs.GetString(t.name)
+		if v == "" {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return o, usageError{fmt.Sprintf("--%s: %q is not an RFC 3339 time (e.g. 2026-01-02T15:04:05Z)", t.name, v)}
+		}
+		*t.dst = at
+	}
+	f.OrderingKey, _ = fs.GetString("ordering-key")
+	f.RoutingKey, _ = fs.GetString("routing-key")
+	if fs.Changed("exchange") {
+		ex, _ := fs.GetString("exchange")
+		f.Exchange = &ex
+	}
+	switch ids, _ := fs.GetString("message-ids"); ids {
+	case "same":
+		o.SameID = true
+	case "new":
+	default:
+		return o, usageError{"--message-ids must be same or new"}
+	}
+	o.Batch, _ = fs.GetInt("batch")
+	o.Rate, _ = fs.GetFloat64("rate")
+	if o.Batch < 1 || o.Batch > 10000 {
+		return o, usageError{"--batch must be from 1 to 10000"}
+	}
+	if o.Rate < 0 {
+		return o, usageError{"--rate must not be negative"}
+	}
+	if f.Empty() {
+		return o, usageError{"give a filter: --from-id, --to-id, --since, --until, --ordering-key, --exchange or --routing-key"}
+	}
+	if f.FromID < 0 || f.ToID < 0 || (f.ToID != 0 && f.FromID > f.ToID) {
+		return o, usageError{"--from-id and --to-id must be positive, from <= to"}
+	}
+	o.Via = "cli"
+	return o, nil
+}
+
+// runReplay copies the selected published rows as new pending rows
+// (relay.Replay) and waits until the relay published them.
+func runReplay(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
+	o, err := replayOptions(fs)
+	if err != nil {
+		return err
+	}
+	pool, err := openPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	o.OnStep = func(n int64) { fmt.Fprintf(e.stderr, "replay: %d copied\n", n) }
+	res, err := relay.Replay(ctx, pool, o)
+	if err != nil {
+		if res.AuditID != 0 {
+			return fmt.Errorf("%w (audit entry %d holds the %d row(s) copied before)", err, res.AuditID, res.Copied)
+		}
+		return err
+	}
+	fmt.Fprintf(e.stdout, "replayed %d row(s), all published (audit entry %d)\n", res.Copied, res.AuditID)
+	return nil
+}
+
+func auditFlags(fs *pflag.FlagSet) {
+	fs.Bool("json", false, "print JSON")
+	fs.Int("limit", 50, "list at most this many entries")
+	fs.Int64("before", 0, "list entries older than this entry id (the next page)")
+}
+
+// runAudit lists relay_audit, newest first.
+func runAudit(ctx context.Context, e *env, cfg config.Config, fs *pflag.FlagSet) error {
+	before, _ := fs.GetInt64("before")
+	limit, pool, err := limitAndPool(ctx, cfg, fs)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	list, err := relay.ListAudit(ctx, pool, before, limit)
+	if err != nil {
+		return err
+	}
+	if asJSON, _ := fs.GetBool("json"); asJSON {
+		out := make([]map[string]any, 0, len(list))
+		for _, a := range list {
+			m := map[string]any{"id": a.ID, "at": a.At.UTC().Format(time.RFC3339Nano), "actor": a.Actor, "via": a.Via,
+				"action": a.Action, "filter": a.Filter, "rows": a.Rows, "finished_at": nil}
+			if a.FinishedAt != nil {
+				m["finished_at"] = a.FinishedAt.UTC().Format(time.RFC3339Nano)
+			}
+			out = append(out, m)
+		}
+		return writeJSON(e, out)
+	}
+	if len(list) == 0 {
+		fmt.Fprintln(e.stdout, "no audit entries")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "id\tat\tactor\tvia\taction\trows\tfinished\tfilter")
+	for _, a := range list {
+		fin := "running or interrupted"
+		if a.FinishedAt != nil {
+			fin = a.FinishedAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", a.ID, a.At.UTC().Format(time.RFC3339), printable(a.Actor),
+			printable(a.Via), printable(a.Action), a.Rows, fin, printable(string(a.Filter)))
+	}
+	if len(list) == limit {
+		fmt.Fprintf(tw, "(next page: --before %d)\n", list[len(list)-1].ID)
+	}
+	return tw.Flush()
+}
+
+// limitAndPool reads a listing command's --limit (at least 1) and opens
+// its pool.
+func limitAndPool(ctx context.Context, cfg config.Config, fs *pflag.FlagSet) (int, *pgxpool.Pool, error) {
+	limit, _ := fs.GetInt("limit")
+	if limit < 1 {
+		return 0, nil, usageError{"--limit must be at least 1"}
+	}
+	pool, err := openPool(ctx, cfg)
+	return limit, pool, err
 }

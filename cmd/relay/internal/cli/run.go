@@ -232,6 +232,7 @@ func relayConfig(cfg config.Config, e *env, reg prometheus.Registerer, tp trace.
 		MaxPayloadBytes:   cfg.MaxPayloadBytes,
 		ShutdownTimeout:   cfg.ShutdownTimeout,
 		OrderingPolicy:    relay.OrderingPolicy(cfg.OrderingPolicy),
+		ParkUnroutable:    cfg.ParkUnroutable,
 		StrictOrdering:    cfg.StrictOrdering,
 		MaxBatchBytes:     cfg.MaxBatchBytes,
 		RescanInterval:    cfg.RescanInterval,
