@@ -32,8 +32,8 @@ INSERT INTO outbox (routing_key, payload, available_at) VALUES ('q', 'x', now() 
 		t.Fatalf("relay status: exit %d: %s", code, errOut)
 	}
 	for _, want := range []string{
-		"exchange   pending  due  held  dead  oldest pending\n",
-		"TOTAL      5        2    2     1     ",
+		"exchange   pending  due  held  failing  dead  oldest pending\n",
+		"TOTAL      5        2    2     0        1     ",
 		"\ndue: available now, nothing ahead of them; held: available, but behind an earlier row of their key (1 behind a pending row, 1 behind a dead one)\n" +
 			"1 dead row(s): `relay dead` lists them with their last error; `relay requeue ID...` or `relay discard ID...` then\n",
 	} {

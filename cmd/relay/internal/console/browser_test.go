@@ -42,7 +42,8 @@ func browser(t *testing.T) context.Context {
 // In a real browser: the overview shows the seeded table's counts; a row
 // whose key, headers and payload hold <script> and control characters is
 // shown as text and runs nothing; search by message id finds it; and the
-// dead row is requeued by its button.
+// dead row's requeue is refused by the key limit, while a clean dead
+// row is requeued by its button.
 func TestBrowserOverviewHostileRowSearchRequeue(t *testing.T) {
 	t.Parallel()
 	pool := testenv.Pool(t, testenv.NewSchema(t, true))
@@ -93,14 +94,35 @@ RETURNING id::text, message_id::text`).Scan(&id, &msgID); err != nil {
 		t.Errorf("shown as text: key %q, payload %q, headers %q", key, payload, headers)
 	}
 
+	// The hostile row's key breaks the short-string limit, so requeue
+	// refuses it, says which limit, and leaves it dead; a clean dead row
+	// is requeued by the same button.
 	var state, done string
 	if err := chromedp.Run(b, chromedp.Click("#requeue", chromedp.NodeVisible), chromedp.WaitVisible("#notice"), chromedp.Text("#notice", &done)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(done, "requeue: 0 of 1 row(s)") || !strings.Contains(done, "outbox_ordering_key_shortstr") {
+		t.Errorf("requeue of a row that breaks a limit answered %q", done)
+	}
+	if err := chromedp.Run(b, chromedp.Navigate(base+"/row/"+id), chromedp.Text("#state", &state)); err != nil {
+		t.Fatal(err)
+	}
+	if state != "dead" {
+		t.Errorf("after a refused requeue the row is %s, want dead", state)
+	}
+	var clean string
+	if err := pool.QueryRow(ctx, `INSERT INTO outbox (routing_key, payload, attempts, dead_at, last_error)
+VALUES ('q', 'x', 10, now(), 'refused') RETURNING id::text`).Scan(&clean); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Run(b, chromedp.Navigate(base+"/row/"+clean), chromedp.Click("#requeue", chromedp.NodeVisible),
+		chromedp.WaitVisible("#notice"), chromedp.Text("#notice", &done)); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(done, "requeue: 1 of 1 row(s)") {
 		t.Fatalf("requeue answered %q", done)
 	}
-	if err := chromedp.Run(b, chromedp.Navigate(base+"/row/"+id), chromedp.Text("#state", &state)); err != nil {
+	if err := chromedp.Run(b, chromedp.Navigate(base+"/row/"+clean), chromedp.Text("#state", &state)); err != nil {
 		t.Fatal(err)
 	}
 	if state != "pending" {
