@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -18,12 +19,23 @@ func browser(t *testing.T) context.Context {
 	t.Helper()
 	path, err := exec.LookPath("chromium")
 	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("chromium is not installed: scripts/services.sh up installs it, and CI needs it")
+		}
 		t.Skip("chromium is not installed (scripts/services.sh up installs it)")
 	}
+	// Chromium's helper processes may still be writing the profile when
+	// the browser is gone, so the profile is removed on a best-effort basis
+	// rather than by t.TempDir's strict cleanup.
+	profile, err := os.MkdirTemp("", "relay-console-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(profile) })
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(path), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU,
 		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.NoFirstRun, chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-sync", true), chromedp.NoFirstRun, chromedp.UserDataDir(profile), chromedp.Flag("disable-crash-reporter", true),
 	}
 	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
 	t.Cleanup(cancel)
