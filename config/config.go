@@ -410,7 +410,7 @@ func nameList(set func(*Config, []string)) parser {
 				continue
 			}
 			if len(part) > 255 || !utf8.ValidString(part) || strings.ContainsFunc(part, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-				return fmt.Errorf("%s is not an AMQP name (at most 255 bytes of UTF-8, no control characters)", strconv.Quote(part))
+				return fmt.Errorf("%s is not an AMQP name (at most 255 bytes of UTF-8, no control characters)", shown(part))
 			}
 			out = append(out, part)
 		}
