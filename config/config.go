@@ -51,6 +51,7 @@ type Config struct {
 	MaxBatchBytes     int64
 	RescanInterval    time.Duration
 	Retention         time.Duration
+	RetentionNone     bool // retention: none (Retention is then 0): published rows are deleted at once
 	RetentionInterval time.Duration
 	RetentionBatch    int
 	ListenDatabaseURL string
@@ -153,7 +154,7 @@ var keys = []key{
 	{"strict_ordering", "false", "true: at most one unconfirmed row per ordering key (other keys stay pipelined), so a broker that refuses a row can never accept the key's next row first; false: a key's run is pipelined and such an overtake is counted (outboxrelay_relay_ordering_overtaken_total)", boolean(func(c *Config, v bool) { c.StrictOrdering = v })},
 	{"max_batch_bytes", "0", "payload bytes one batch may load; the relay's memory follows it (0: 16 MiB or max_payload_bytes if larger; must not be below max_payload_bytes)", intIn(0, 1<<40, func(c *Config, v int) { c.MaxBatchBytes = int64(v) })},
 	{"rescan_interval", "1s", "while draining a backlog, how often a claim starts from the beginning of the table (finds rows committed late below the cursor)", durationIn(10*time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.RescanInterval = v })},
-	{"retention", "168h", "delete published rows older than this (0 keeps them forever); dead and pending rows are never deleted", durationIn(0, 100*365*24*time.Hour, func(c *Config, v time.Duration) { c.Retention = v })},
+	{"retention", "168h", "delete published rows older than this (0 keeps them forever; none keeps no published row: each is deleted by the transaction that records its confirm, a third of the database's work per message, but the console, replay and status then see no published rows); dead and pending rows are never deleted", retention()},
 	{"retention_interval", "1m", "how often retention runs (one relay at a time)", durationIn(10*time.Millisecond, 24*time.Hour, func(c *Config, v time.Duration) { c.RetentionInterval = v })},
 	{"retention_batch", "1000", "rows deleted per retention statement", intIn(1, 100_000, func(c *Config, v int) { c.RetentionBatch = v })},
 	{"listen_database_url", "", "direct PostgreSQL URL for LISTEN when database_url goes through PgBouncer in transaction mode; empty uses database_url", text(func(c *Config, s string) error {
@@ -395,6 +396,21 @@ func durationIn(lo, hi time.Duration, set func(*Config, time.Duration)) parser {
 			return fmt.Errorf("must be between %s and %s, got %s", lo, hi, d)
 		}
 		set(c, d)
+		return nil
+	}}
+}
+
+// retention takes a duration or none (see the retention key).
+func retention() parser {
+	d := durationIn(0, 100*365*24*time.Hour, func(c *Config, v time.Duration) { c.Retention, c.RetentionNone = v, false })
+	return parser{"duration or none", func(c *Config, s string) error {
+		if strings.EqualFold(strings.TrimSpace(s), "none") {
+			c.Retention, c.RetentionNone = 0, true
+			return nil
+		}
+		if err := d.apply(c, s); err != nil {
+			return fmt.Errorf("%w (or none)", err)
+		}
 		return nil
 	}}
 }

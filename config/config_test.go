@@ -402,3 +402,22 @@ func TestEveryKeyNamesItsField(t *testing.T) {
 		}
 	}
 }
+
+// retention takes none (no published row kept) beside durations; 0 still
+// keeps rows forever, and anything else is refused naming none.
+func TestRetentionTakesNone(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		v    string
+		none bool
+		keep time.Duration
+	}{{"none", true, 0}, {"NONE", true, 0}, {"0", false, 0}, {"2m", false, 2 * time.Minute}} {
+		c, err := Load(nil, []string{"RELAY_DATABASE_URL=postgres://h/db", "RELAY_AMQP_URL=amqp://h/", "RELAY_RETENTION=" + tc.v})
+		if err != nil || c.RetentionNone != tc.none || c.Retention != tc.keep {
+			t.Errorf("retention %q: none %v, retention %v, err %v; want none %v, retention %v", tc.v, c.RetentionNone, c.Retention, err, tc.none, tc.keep)
+		}
+	}
+	if _, err := Load(nil, []string{"RELAY_DATABASE_URL=postgres://h/db", "RELAY_AMQP_URL=amqp://h/", "RELAY_RETENTION=never"}); err == nil || !strings.Contains(err.Error(), "or none") {
+		t.Errorf("retention never: err %v, want one naming none", err)
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/internal/amqpconn"
 )
 
 // confirmChannel owns one confirm-mode channel, the close notifications of
@@ -24,6 +26,7 @@ import (
 type confirmChannel struct {
 	ch       *amqp.Channel
 	conn     *amqp.Connection
+	writes   *amqpconn.Writes // conn's socket: held while a segment is written
 	chClosed chan *amqp.Error
 	returns  chan amqp.Return
 	cause    *closeCause // why the channel closed, once known
@@ -127,6 +130,7 @@ func openConfirmChannel(b *broker, timeout time.Duration) (*confirmChannel, erro
 	return &confirmChannel{
 		ch:       ch,
 		conn:     conn,
+		writes:   b.conn.Writes(conn),
 		chClosed: ch.NotifyClose(make(chan *amqp.Error, 1)),
 		returns:  ch.NotifyReturn(make(chan amqp.Return, 256)),
 	}, nil
@@ -141,13 +145,32 @@ func (c *confirmChannel) usable() bool { return c != nil && c.cause == nil && !c
 // waited for; one that goes silent is not. An error means ctx ended.
 func (c *confirmChannel) publish(ctx context.Context, out []outgoing, silence time.Duration) (segmentReport, error) {
 	rep := segmentReport{msgs: make([]sent, len(out))}
+	dcs, err := c.write(ctx, out, &rep)
+	if err != nil {
+		return rep, err
+	}
+	if err := c.confirm(ctx, out, dcs, silence, &rep); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
+
+// write publishes out in order until one fails, its writes held (see
+// amqpconn.Writes): the segment leaves in a few system calls instead of
+// one per message. An error means ctx ended.
+func (c *confirmChannel) write(ctx context.Context, out []outgoing, rep *segmentReport) ([]*amqp.DeferredConfirmation, error) {
 	dcs := make([]*amqp.DeferredConfirmation, 0, len(out))
+	c.writes.Hold()
+	// What the broker has not been sent it cannot confirm: the segment
+	// goes on the wire before anything waits for it. A write that fails
+	// here closed the socket; the confirms then fail with the connection.
+	defer func() { _ = c.writes.Release() }()
 	for i := range out {
 		o := &out[i]
 		dc, err := c.ch.PublishWithDeferredConfirmWithContext(ctx, o.exchange, o.routingKey, true, false, *o.msg)
 		if err != nil {
 			if ctx.Err() != nil {
-				return rep, ctx.Err()
+				return nil, ctx.Err()
 			}
 			// Not sent, nor the rest: they stay unsent. Unless the channel
 			// was closed or the socket failed, the client could not encode
@@ -160,9 +183,15 @@ func (c *confirmChannel) publish(ctx context.Context, out []outgoing, silence ti
 		}
 		dcs = append(dcs, dc)
 	}
+	return dcs, nil
+}
+
+// confirm waits for the confirms of dcs and records what became of each
+// message in rep. An error means ctx ended.
+func (c *confirmChannel) confirm(ctx context.Context, out []outgoing, dcs []*amqp.DeferredConfirmation, silence time.Duration, rep *segmentReport) error {
 	returned := map[string]*amqp.Return{}
-	if err := c.await(ctx, dcs, silence, returned, &rep); err != nil {
-		return rep, err
+	if err := c.await(ctx, dcs, silence, returned, rep); err != nil {
+		return err
 	}
 	for i, dc := range dcs {
 		m := &rep.msgs[i]
@@ -190,7 +219,7 @@ func (c *confirmChannel) publish(ctx context.Context, out []outgoing, silence ti
 	if c.ch.IsClosed() || (rep.encodeErr != nil && !errors.Is(rep.encodeErr, amqp.ErrFieldType)) {
 		rep.cause = c.closeCause(ctx)
 	}
-	return rep, nil
+	return nil
 }
 
 // await waits for the confirms of dcs in order, collecting the returns

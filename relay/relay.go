@@ -78,7 +78,16 @@ type Config struct {
 	// Retention deletes published rows older than this, in batches of
 	// RetentionBatch every RetentionInterval, one relay at a time. Zero
 	// disables it. Dead and pending rows are never deleted.
-	Retention         time.Duration
+	Retention time.Duration
+	// DeletePublished deletes each published row in the transaction that
+	// records its confirm, instead of setting published_at (configuration
+	// `retention: none`). A row is then written twice (the claim's lock,
+	// the delete) and inserts no index entry, where a mark writes a new
+	// row version with an entry in every index and leaves a dead one for
+	// vacuum, and retention a delete later. Published rows are not kept:
+	// the console, replay and status see none. Retention then deletes only
+	// rows published earlier, before the switch (Retention is ignored).
+	DeletePublished   bool
 	RetentionInterval time.Duration // default 1m
 	RetentionBatch    int           // default 1000
 	// ListenDatabaseURL, if set, is a direct PostgreSQL URL for the LISTEN

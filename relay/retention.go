@@ -26,7 +26,7 @@ RETURNING id`
 
 // retain deletes old published rows every RetentionInterval until ctx ends.
 func (r *Relay) retain(ctx context.Context) {
-	if r.cfg.Retention <= 0 {
+	if r.cfg.Retention <= 0 && !r.cfg.DeletePublished {
 		return
 	}
 	t := time.NewTicker(r.cfg.RetentionInterval)
@@ -58,7 +58,11 @@ func (r *Relay) retainOnce(ctx context.Context) (int, error) {
 			if err := tx.QueryRow(ctx, retentionLock).Scan(&locked); err != nil || !locked {
 				return err
 			}
-			rows, err := tx.Query(ctx, deletePublished, after, r.cfg.Retention.Milliseconds(), r.cfg.RetentionBatch)
+			keep := r.cfg.Retention.Milliseconds()
+			if r.cfg.DeletePublished {
+				keep = 0 // rows published before the switch to none
+			}
+			rows, err := tx.Query(ctx, deletePublished, after, keep, r.cfg.RetentionBatch)
 			if err != nil {
 				return err
 			}

@@ -238,6 +238,13 @@ var claimTx = pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL enable_bitmapscan = of
 // after the confirms (not now(), the claim's start).
 const markPublished = `UPDATE outbox SET published_at = statement_timestamp() WHERE id = ANY($1)`
 
+// deletePublishedRows is markPublished under DeletePublished (retention:
+// none): the row goes in the transaction that records its confirm. It
+// writes a delete mark on the row version the claim locked, and nothing
+// else: no new version, no index entry (markPublished, being on a column
+// the pending indexes' predicates name, can never be a HOT update).
+const deletePublishedRows = `DELETE FROM outbox WHERE id = ANY($1)`
+
 // markFailed charges each failed row an attempt. It cannot fail for a
 // row's data: attempts (which a row may hold at any int, negative or the
 // maximum, written by the table's owner or by an older relay) is read as
@@ -457,7 +464,11 @@ func mark(ctx context.Context, tx pgx.Tx, m marks, maxAttempts int) ([]int64, er
 func queueMarks(b *pgx.Batch, m marks, maxAttempts int) *[]int64 {
 	dead := new([]int64)
 	if len(m.published) > 0 {
-		b.Queue(markPublished, m.published)
+		if m.deletePublished {
+			b.Queue(deletePublishedRows, m.published)
+		} else {
+			b.Queue(markPublished, m.published)
+		}
 	}
 	if len(m.suspected) > 0 {
 		b.Queue(markSuspected, m.suspected)

@@ -219,11 +219,14 @@ type marks struct {
 	deferred        []failure // not charged: attempts stay, the error and the delay are noted
 	suspected       []int64
 	released        int
+	// deletePublished deletes the published rows instead of marking them
+	// (Config.DeletePublished).
+	deletePublished bool
 }
 
 // settle sorts the batch's rows by outcome, for mark.
 func (w *worker) settle(b *batch) marks {
-	var m marks
+	m := marks{deletePublished: w.r.cfg.DeletePublished}
 	for i, o := range b.outs {
 		row := &b.rows[i]
 		switch o.state {

@@ -18,7 +18,15 @@ const handshakeTimeout = 10 * time.Second
 // accepts TCP and never speaks for its whole timeout. cfg.Dial is
 // replaced.
 func Dial(ctx context.Context, url string, cfg amqp.Config) (*amqp.Connection, error) {
+	conn, _, err := DialWrites(ctx, url, cfg)
+	return conn, err
+}
+
+// DialWrites is Dial, and also returns the connection's socket as a
+// Writes, which a publisher holds to coalesce a segment's writes.
+func DialWrites(ctx context.Context, url string, cfg amqp.Config) (*amqp.Connection, *Writes, error) {
 	var stop func() bool
+	var writes *Writes
 	cfg.Dial = func(network, addr string) (net.Conn, error) {
 		d := net.Dialer{Timeout: handshakeTimeout}
 		c, err := d.DialContext(ctx, network, addr)
@@ -33,19 +41,23 @@ func Dial(ctx context.Context, url string, cfg amqp.Config) (*amqp.Connection, e
 		// Closing the socket is the only way to interrupt the handshake's
 		// reads; stop() below disarms it once DialConfig returned.
 		stop = context.AfterFunc(ctx, func() { _ = c.Close() })
-		return c, nil
+		writes = &Writes{Conn: c}
+		return writes, nil
 	}
 	conn, err := amqp.DialConfig(url, cfg)
 	if stop != nil && !stop() && err == nil {
 		// ctx ended just as the handshake finished: the socket is closed
 		// or about to be, so the connection is no use.
 		_ = conn.Close()
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
-	if err != nil && ctx.Err() != nil {
-		return nil, ctx.Err()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		return nil, nil, err
 	}
-	return conn, err
+	return conn, writes, nil
 }
 
 // Outage reports whether err is the broker closing a connection on purpose

@@ -62,6 +62,7 @@ type Manager struct {
 
 	mu        sync.Mutex
 	conn      *amqp.Connection
+	writes    *Writes // conn's socket
 	blocked   bool
 	changed   chan struct{} // closed and replaced on every state change
 	lastClose CloseReason
@@ -100,7 +101,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		i := m.pick(next, misses)
 		u := m.cfg.URLs[i]
 		next = i + 1 // whatever happens to u, the next attempt tries another node first
-		conn, err := Dial(ctx, u, amqp.Config{
+		conn, writes, err := DialWrites(ctx, u, amqp.Config{
 			Heartbeat:  m.cfg.Heartbeat,
 			Locale:     "en_US",
 			Properties: amqp.Table{"connection_name": m.cfg.Name},
@@ -128,7 +129,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		// amqp091-go's notification rules ask.
 		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
 		blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 4))
-		m.setConn(conn, i)
+		m.setConn(conn, writes, i)
 		m.log.Info("broker connected", "broker", redact.Host(u))
 		reason, lost := m.watch(ctx, conn, closed, blocked)
 		if !lost {
@@ -206,7 +207,7 @@ func (m *Manager) Abandon(c *amqp.Connection, why string) bool {
 func (m *Manager) watch(ctx context.Context, conn *amqp.Connection, closed <-chan *amqp.Error, blocked <-chan amqp.Blocking) (reason CloseReason, lost bool) {
 	var blockedSince time.Time
 	defer func() {
-		m.setConn(nil, 0)
+		m.setConn(nil, nil, 0)
 		if !blockedSince.IsZero() {
 			m.hookBlocked(false, time.Since(blockedSince))
 		}
@@ -272,9 +273,9 @@ func (m *Manager) Settled() {
 	m.streak = 0
 }
 
-func (m *Manager) setConn(c *amqp.Connection, at int) {
+func (m *Manager) setConn(c *amqp.Connection, w *Writes, at int) {
 	m.mu.Lock()
-	m.conn, m.at, m.abandoned = c, at, false
+	m.conn, m.writes, m.at, m.abandoned = c, w, at, false
 	m.blocked = false
 	close(m.changed)
 	m.changed = make(chan struct{})
@@ -302,6 +303,17 @@ func (m *Manager) Current() *amqp.Connection {
 		return nil
 	}
 	return m.conn
+}
+
+// Writes returns the socket of connection c (see Writes), or nil when c
+// is not the manager's connection any more: holding nil does nothing.
+func (m *Manager) Writes(c *amqp.Connection) *Writes {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c == nil || c != m.conn {
+		return nil
+	}
+	return m.writes
 }
 
 // Connected reports whether a connection is open, blocked or not.

@@ -121,7 +121,7 @@ func rawLimit(b *testing.B, amqpURL, queue string, n int) (rate, brokerCPU, clie
 		ids[i] = newUUID()
 	}
 	settle()
-	cpu0, self0 := cpuOf("beam.smp"), procCPU(os.Getpid())
+	cpu0, self0 := theSlot.mqCPU(), procCPU(os.Getpid())
 	start := time.Now()
 	next := 0
 	for i := range n {
@@ -146,7 +146,7 @@ func rawLimit(b *testing.B, amqpURL, queue string, n int) (rate, brokerCPU, clie
 		}
 	}
 	rate = float64(n) / time.Since(start).Seconds()
-	return rate, cpuOf("beam.smp") - cpu0, procCPU(os.Getpid()) - self0
+	return rate, theSlot.mqCPU() - cpu0, procCPU(os.Getpid()) - self0
 }
 
 // newUUID is a random (version 4) UUID in its text form, like the
@@ -179,6 +179,7 @@ func newBed(b *testing.B, quorum bool) *bed {
 	d.pool = testenv.Pool(b, d.dsn)
 	_, d.ch = testenv.AMQP(b, env.AMQPURL)
 	d.queue = testenv.Queue(b, d.ch, quorum)
+	services(b, d.pool)
 	return d
 }
 
@@ -279,10 +280,10 @@ func cpuOf(comm string) float64 {
 func settle() {
 	const window = 250 * time.Millisecond
 	quiet := 0
-	prev := cpuOf("beam.smp") + cpuOf("postgres")
+	prev := theSlot.mqCPU() + theSlot.pgCPU()
 	for end := time.Now().Add(30 * time.Second); quiet < 2 && time.Now().Before(end); {
 		time.Sleep(window)
-		now := cpuOf("beam.smp") + cpuOf("postgres")
+		now := theSlot.mqCPU() + theSlot.pgCPU()
 		if (now-prev)/window.Seconds() < 0.2 {
 			quiet++
 		} else {

@@ -15,7 +15,8 @@ import (
 // drainResult is what one drain measured.
 type drainResult struct {
 	rate                   float64 // msg/s, from the fill's commit to the last published_at
-	relayCPU, pgCPU, mqCPU float64 // CPU seconds per 10,000 messages
+	relayCPU, pgCPU, mqCPU float64 // CPU µs per message
+	walBytes               float64 // WAL bytes per message
 	roundTrips             float64 // database round trips per message
 	tableBytes, deadTuples int64   // after the drain
 	elapsed                time.Duration
@@ -46,9 +47,11 @@ func drain(b *testing.B, d *bed, n, relays, keys int, extraEnv ...string) drainR
 		}
 		return s
 	}
+	svc := services(b, d.pool)
 	settle()
 	rt0 := metricSum(procs, "outboxrelay_relay_database_round_trips_total")
-	cpu0, pg0, mq0 := relayCPU(), cpuOf("postgres"), cpuOf("beam.smp")
+	wal0 := walLSN(b, d.pool)
+	cpu0, pg0, mq0 := relayCPU(), svc.pgCPU(), svc.mqCPU()
 	if err := tx.Commit(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -57,8 +60,9 @@ func drain(b *testing.B, d *bed, n, relays, keys int, extraEnv ...string) drainR
 	testenv.Eventually(b, 10*time.Minute, "every row published", func() (bool, error) {
 		return metricSum(procs, "outboxrelay_relay_published_total") >= float64(n), nil
 	})
-	cpu1, pg1, mq1 := relayCPU(), cpuOf("postgres"), cpuOf("beam.smp")
+	cpu1, pg1, mq1 := relayCPU(), svc.pgCPU(), svc.mqCPU()
 	rt1 := metricSum(procs, "outboxrelay_relay_database_round_trips_total")
+	wal1 := walLSN(b, d.pool)
 
 	var last time.Time
 	if err := d.pool.QueryRow(ctx, `SELECT max(published_at) FROM outbox`).Scan(&last); err != nil {
@@ -70,10 +74,11 @@ func drain(b *testing.B, d *bed, n, relays, keys int, extraEnv ...string) drainR
 		}
 	}
 	elapsed := last.Sub(start)
-	per10k := 10_000 / float64(n)
+	perMsg := 1e6 / float64(n) // seconds for n messages -> µs per message
 	res := drainResult{
 		rate:     float64(n) / elapsed.Seconds(),
-		relayCPU: (cpu1 - cpu0) * per10k, pgCPU: (pg1 - pg0) * per10k, mqCPU: (mq1 - mq0) * per10k,
+		relayCPU: (cpu1 - cpu0) * perMsg, pgCPU: (pg1 - pg0) * perMsg, mqCPU: (mq1 - mq0) * perMsg,
+		walBytes:   (wal1 - wal0) / float64(n),
 		roundTrips: (rt1 - rt0) / float64(n),
 		elapsed:    elapsed,
 	}
@@ -118,9 +123,9 @@ func drainOnce(b *testing.B, quorum bool, relays int) {
 		purge(b, d.ch, d.queue)
 		report("drain    %-7s %d relay(s), pass %d/%d: %d rows in %.2fs = %6.0f msg/s | raw broker limit %6.0f msg/s | ratio %.2f",
 			kind, relays, i+1, repeat, n, res.elapsed.Seconds(), res.rate, raw, res.rate/raw)
-		report("         CPU s per 10k msgs: relay %.2f, postgres %.2f, rabbitmq %.2f = %.2f (raw run: publisher %.2f, rabbitmq %.2f = %.2f) | %.4f db round trips/msg",
+		report("         cost per msg: CPU µs relay %.1f, postgres %.1f, rabbitmq %.1f = %.1f (raw run: publisher %.1f, rabbitmq %.1f = %.1f) | WAL %.0f bytes | %.4f db round trips",
 			res.relayCPU, res.pgCPU, res.mqCPU, res.relayCPU+res.pgCPU+res.mqCPU,
-			rawClient*10_000/float64(n), rawMQ*10_000/float64(n), (rawClient+rawMQ)*10_000/float64(n), res.roundTrips)
+			rawClient*1e6/float64(n), rawMQ*1e6/float64(n), (rawClient+rawMQ)*1e6/float64(n), res.walBytes, res.roundTrips)
 		passes = append(passes, pass{res, raw, res.rate / raw})
 	}
 	slices.SortFunc(passes, func(x, y pass) int { return cmp.Compare(x.ratio, y.ratio) })
@@ -129,14 +134,31 @@ func drainOnce(b *testing.B, quorum bool, relays int) {
 		ratios[i] = p.ratio
 	}
 	med := passes[len(passes)/2]
-	report("drain    %-7s %d relay(s): median pass %6.0f msg/s, raw %6.0f msg/s, ratio %.2f (all passes: %s); relay CPU %.2f s per 10k msgs",
-		kind, relays, med.res.rate, med.raw, med.ratio, fmtList(ratios), med.res.relayCPU)
+	report("drain    %-7s %d relay(s): median pass %6.0f msg/s, raw %6.0f msg/s, ratio %.2f (all passes: %s); per msg (median of passes): CPU µs relay %.1f, postgres %.1f, rabbitmq %.1f | WAL %.0f bytes",
+		kind, relays, med.res.rate, med.raw, med.ratio, fmtList(ratios),
+		median(passes, func(p pass) float64 { return p.res.relayCPU }), median(passes, func(p pass) float64 { return p.res.pgCPU }),
+		median(passes, func(p pass) float64 { return p.res.mqCPU }), median(passes, func(p pass) float64 { return p.res.walBytes }))
 	b.ReportMetric(med.res.rate, "msg/s")
 	b.ReportMetric(med.raw, "raw_msg/s")
 	b.ReportMetric(med.ratio, "ratio")
-	b.ReportMetric(med.res.relayCPU, "relay_cpu_s/10k")
+	b.ReportMetric(median(passes, func(p pass) float64 { return p.res.relayCPU }), "relay_cpu_µs/msg")
+	b.ReportMetric(median(passes, func(p pass) float64 { return p.res.pgCPU }), "pg_cpu_µs/msg")
+	b.ReportMetric(median(passes, func(p pass) float64 { return p.res.walBytes }), "wal_bytes/msg")
 	b.ReportMetric(med.res.roundTrips, "round_trips/msg")
 	b.ReportMetric(0, "ns/op")
+}
+
+// median is the median of f over xs (the upper one of an even count).
+func median[T any](xs []T, f func(T) float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	vs := make([]float64, len(xs))
+	for i, x := range xs {
+		vs[i] = f(x)
+	}
+	slices.Sort(vs)
+	return vs[len(vs)/2]
 }
 
 func fmtList(xs []float64) string {

@@ -73,7 +73,7 @@ func keyedDrain(b *testing.B, quorum bool) {
 	n := envInt("BENCH_KEYED_N", 50_000)
 	strictN := envInt("BENCH_STRICT_N", 5_000)
 	cpu := func(r drainResult) string {
-		return fmt.Sprintf("CPU s/10k: relay %.2f, postgres %.2f, rabbitmq %.2f", r.relayCPU, r.pgCPU, r.mqCPU)
+		return fmt.Sprintf("per msg: CPU µs relay %.1f, postgres %.1f, rabbitmq %.1f | WAL %.0f bytes", r.relayCPU, r.pgCPU, r.mqCPU, r.walBytes)
 	}
 	run := func(keys, rows int, env ...string) drainResult {
 		d := newBed(b, quorum)

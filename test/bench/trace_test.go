@@ -27,7 +27,7 @@ func BenchmarkDrainTracing(b *testing.B) {
 		purge(b, d.ch, d.queue)
 		spans := len(recv.Spans()) // the relay flushed at exit (drain stops it)
 
-		report("tracing  quorum  1 relay: off %6.0f msg/s (ratio to raw %.2f, relay CPU %.2f s/10k) | on %6.0f msg/s (ratio %.2f, relay CPU %.2f s/10k, %d spans exported) | on/off %.2f",
+		report("tracing  quorum  1 relay: off %6.0f msg/s (ratio to raw %.2f, relay CPU %.1f µs/msg) | on %6.0f msg/s (ratio %.2f, relay CPU %.1f µs/msg, %d spans exported) | on/off %.2f",
 			off.rate, off.rate/raw, off.relayCPU, on.rate, on.rate/raw, on.relayCPU, spans, on.rate/off.rate)
 		b.ReportMetric(off.rate, "off_msg/s")
 		b.ReportMetric(on.rate, "on_msg/s")

@@ -237,6 +237,7 @@ func relayConfig(cfg config.Config, e *env, reg prometheus.Registerer, tp trace.
 		MaxBatchBytes:     cfg.MaxBatchBytes,
 		RescanInterval:    cfg.RescanInterval,
 		Retention:         cfg.Retention,
+		DeletePublished:   cfg.RetentionNone,
 		RetentionInterval: cfg.RetentionInterval,
 		RetentionBatch:    cfg.RetentionBatch,
 		ListenDatabaseURL: cfg.ListenDatabaseURL,

@@ -1,0 +1,120 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxrelay/outboxrelay/internal/testenv"
+)
+
+// slot is this checkout's own services, as processes: the machine may run
+// other checkouts' PostgreSQL and RabbitMQ at the same time, and counting
+// their CPU (every process named postgres or beam.smp) would charge this
+// benchmark with their tests' work.
+type slot struct {
+	postmaster int // the PostgreSQL server; its children are the backends and workers
+	broker     int // the RabbitMQ node's beam.smp
+}
+
+var (
+	slotOnce sync.Once
+	theSlot  slot
+)
+
+// services finds this checkout's PostgreSQL (the parent of a backend of
+// pool) and RabbitMQ node (its os_pid, from the management API). Where
+// either cannot be found it stays 0, and its CPU is read, as before, over
+// every process of that name.
+func services(b *testing.B, pool *pgxpool.Pool) slot {
+	slotOnce.Do(func() {
+		var backend int
+		if err := pool.QueryRow(context.Background(), `SELECT pg_backend_pid()`).Scan(&backend); err == nil {
+			theSlot.postmaster = parentPid(backend)
+		}
+		theSlot.broker = brokerPid(testenv.Services(b).ManagementURL)
+	})
+	return theSlot
+}
+
+// pgCPU is the CPU seconds of the slot's PostgreSQL: the postmaster and its
+// children (backends, walwriter, checkpointer, autovacuum). A backend that
+// exits takes its time with it: read around phases where the relays'
+// connections stay open.
+func (s slot) pgCPU() float64 {
+	if s.postmaster == 0 {
+		return cpuOf("postgres")
+	}
+	sum := procCPU(s.postmaster)
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err == nil && parentPid(pid) == s.postmaster {
+			sum += procCPU(pid)
+		}
+	}
+	return sum
+}
+
+// mqCPU is the CPU seconds of the slot's RabbitMQ node.
+func (s slot) mqCPU() float64 {
+	if s.broker == 0 {
+		return cpuOf("beam.smp")
+	}
+	return procCPU(s.broker)
+}
+
+// parentPid is a process's parent (field 4 of /proc/<pid>/stat), 0 if gone.
+func parentPid(pid int) int {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0
+	}
+	s := string(data)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(fields) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return ppid
+}
+
+// brokerPid asks the management API for the node's operating-system pid.
+func brokerPid(mgmtURL string) int {
+	if mgmtURL == "" {
+		return 0
+	}
+	resp, err := http.Get(strings.TrimSuffix(mgmtURL, "/") + "/api/nodes?columns=os_pid")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var nodes []struct {
+		OSPid string `json:"os_pid"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&nodes) != nil || len(nodes) != 1 {
+		return 0
+	}
+	pid, _ := strconv.Atoi(nodes[0].OSPid)
+	return pid
+}
+
+// walLSN is the database's current WAL position, in bytes: the difference
+// of two readings is the WAL written between them (by everything on the
+// server, which in a benchmark is the relays and the benchmark itself).
+func walLSN(b *testing.B, pool *pgxpool.Pool) float64 {
+	var lsn float64
+	if err := pool.QueryRow(context.Background(),
+		`SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8`).Scan(&lsn); err != nil {
+		b.Fatal(err)
+	}
+	return lsn
+}
