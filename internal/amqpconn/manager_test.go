@@ -139,7 +139,7 @@ func silentPeer(t *testing.T) (addr string, accepted <-chan net.Conn) {
 	return ln.Addr().String(), acc
 }
 
-// Acceptance (poison issue): dialling a broker that accepts TCP but never
+// Dialling a broker that accepts TCP but never
 // speaks honours cancellation. Cancelling during the AMQP handshake makes
 // Dial return the context's error and close the socket (the peer reads
 // EOF) long before the 10 s handshake timeout would have.
