@@ -126,7 +126,7 @@ func Grants(schema string, r Roles) string {
 	}
 	grant(r.App, "application: writes outbox rows (the message columns only)", append([]string{
 		"GRANT INSERT (" + strings.Join(MessageColumns, ", ") + ") ON " + q("outbox"),
-		"GRANT SELECT (id, message_id) ON " + q("outbox"),
+		"GRANT SELECT (id, message_id, replay_of) ON " + q("outbox"), // replay_of: ON CONFLICT (message_id) WHERE replay_of IS NULL reads it
 		"GRANT USAGE ON SEQUENCE " + q("outbox_id_seq")}, executeGrants(q)...)...)
 	audit := []string{
 		"GRANT SELECT, INSERT (via, action, filter, rows, finished_at), UPDATE (rows, finished_at) ON " + q("relay_audit"),

@@ -31,7 +31,9 @@ type broker struct {
 
 const exchangeCacheTTL = 30 * time.Second
 
-func newBroker(urls []string, heartbeat time.Duration, bo backoff.Policy, name string, log *slog.Logger, m *metrics) *broker {
+// h learns of connections and failed dials, for Ready and for Run's
+// early exit when the broker refuses the relay for good.
+func newBroker(urls []string, heartbeat time.Duration, bo backoff.Policy, name string, log *slog.Logger, m *metrics, h *health) *broker {
 	return &broker{
 		m: m,
 		conn: amqpconn.New(amqpconn.Config{
@@ -46,6 +48,7 @@ func newBroker(urls []string, heartbeat time.Duration, bo backoff.Policy, name s
 			Logger:          log,
 			Hooks: amqpconn.Hooks{
 				Connected: func(up bool) {
+					h.noteBrokerConnected(up)
 					m.brokerConnected.Set(boolFloat(up))
 					m.brokerBlocked.Set(0)
 				},
@@ -53,8 +56,11 @@ func newBroker(urls []string, heartbeat time.Duration, bo backoff.Policy, name s
 					m.brokerBlocked.Set(boolFloat(on))
 					m.brokerBlockedSeconds.Add(spent.Seconds())
 				},
-				DialFailed: func(error) { m.brokerDialFailures.Inc() },
-				Lost:       func(amqpconn.CloseReason) { m.brokerReconnects.Inc() },
+				DialFailed: func(err error) {
+					m.brokerDialFailures.Inc()
+					h.noteDialFailed(err)
+				},
+				Lost: func(amqpconn.CloseReason) { m.brokerReconnects.Inc() },
 			},
 		}),
 		exchanges: map[string]time.Time{},

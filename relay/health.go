@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outboxrelay/outboxrelay/internal/amqpconn"
 )
 
 // ErrReadOnly is what Ready reports while the pool reaches a server that
@@ -89,14 +91,72 @@ func Transient(err error) bool {
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, net.ErrClosed)
 }
 
-// health is what the workers learned about the database, for Ready and
-// for Run's early exit.
+// ErrBrokerRefused is wrapped by the error Run returns when, from the
+// start, every dial was refused for good for StartupGrace: the broker
+// refuses the credentials or the vhost, or the port answers but is not
+// an AMQP broker. The error names the broker and the fix; while the
+// relay waits, Ready reports it.
+var ErrBrokerRefused = errors.New("relay: the broker refuses the relay")
+
+// health is what the workers learned about the database, and the broker
+// connection about its dials, for Ready and for Run's early exit.
 type health struct {
 	mu        sync.Mutex
 	everOK    bool      // a batch has committed since the start
 	err       error     // the last permanent error, until a batch succeeds
 	firstSeen time.Time // when the current run of permanent errors began
 	fatal     chan error
+
+	brokerUp     bool      // a broker connection has opened since the start
+	brokerErr    error     // the last dial's refusal, while every dial is refused
+	refusedSince time.Time // when the current run of refused dials began
+}
+
+// noteDialFailed records a failed broker dial. A refusal (see
+// amqpconn.Refused) that has lasted StartupGrace, with no connection
+// since the start and no dial in between failing for another reason (a
+// broker of the list that is only down may come up), ends Run.
+func (h *health) noteDialFailed(err error) {
+	reason := amqpconn.Refused(err)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if reason == "" {
+		h.brokerErr = nil
+		return
+	}
+	broker := "broker"
+	var de *amqpconn.DialError
+	if errors.As(err, &de) {
+		broker = de.Broker
+	}
+	if h.brokerErr == nil {
+		h.refusedSince = time.Now()
+	}
+	h.brokerErr = fmt.Errorf("%w: %s: %s", ErrBrokerRefused, broker, reason)
+	if h.brokerUp || time.Since(h.refusedSince) < StartupGrace {
+		return
+	}
+	select {
+	case h.fatal <- h.brokerErr:
+	default:
+	}
+}
+
+// noteBrokerConnected records that a broker connection opened (or ended).
+func (h *health) noteBrokerConnected(up bool) {
+	if !up {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.brokerUp, h.brokerErr = true, nil
+}
+
+// brokerRefused is the last dial's refusal while every dial is refused.
+func (h *health) brokerRefused() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.brokerErr
 }
 
 // noteBatchError records a failed batch and reports whether the worker

@@ -254,17 +254,18 @@ func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	reconnect := backoff.Policy{Base: cfg.ReconnectMin, Max: cfg.ReconnectMax}
-	return &Relay{
+	r := &Relay{
 		cfg:    cfg,
 		pool:   pool,
 		log:    cfg.Logger,
 		m:      m,
-		broker: newBroker(cfg.AMQPURLs, cfg.Heartbeat, reconnect, cfg.ConnectionName, cfg.Logger, m),
 		wake:   make(chan struct{}, 1),
 		retry:  backoff.Policy{Base: cfg.RetryBase, Max: cfg.RetryMax},
 		health: health{fatal: make(chan error, 1)},
 		tracer: tracing.New("github.com/outboxrelay/outboxrelay/relay", cfg.TracerProvider, cfg.Propagator),
-	}, nil
+	}
+	r.broker = newBroker(cfg.AMQPURLs, cfg.Heartbeat, reconnect, cfg.ConnectionName, cfg.Logger, m, &r.health)
+	return r, nil
 }
 
 // graceContext returns the context that carries the in-flight I/O: it
@@ -293,7 +294,11 @@ func (r *Relay) graceContext(ctx context.Context) (context.Context, context.Canc
 // back and published again later). It returns nil after a clean stop, and
 // an error wrapping ErrPermanent when the database refuses the relay for
 // good from the start (wrong password, missing database, table or
-// privilege) for longer than StartupGrace: retrying would only spin.
+// privilege) for longer than StartupGrace, and one wrapping
+// ErrBrokerRefused when every broker dial from the start was refused for
+// good (credentials, vhost, a port that is not an AMQP broker's; see
+// amqpconn.Refused) for as long: retrying would only spin. A broker that
+// is down is waited for, however long.
 func (r *Relay) Run(parent context.Context) error {
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
@@ -364,6 +369,9 @@ func (r *Relay) Ready(ctx context.Context) error {
 		return fmt.Errorf("database: %w", ErrReadOnly)
 	}
 	if !r.broker.connected() {
+		if err := r.health.brokerRefused(); err != nil {
+			return err
+		}
 		return ErrBrokerUnavailable
 	}
 	return nil

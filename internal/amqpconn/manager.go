@@ -45,7 +45,8 @@ type Hooks struct {
 	// blocked.
 	Blocked func(blocked bool, spent time.Duration)
 	// DialFailed is called after each failed dial (not one cut short by
-	// the end of Run).
+	// the end of Run), with a *DialError; Refused says whether retrying
+	// can help.
 	DialFailed func(err error)
 	// Lost is called when an open connection ended other than by the end
 	// of Run.
@@ -112,7 +113,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 			misses++
 			if h := m.cfg.Hooks.DialFailed; h != nil {
-				h(err)
+				h(&DialError{Broker: redact.Host(u), Err: err})
 			}
 			delay := m.fail()
 			m.log.Warn("broker dial failed", "broker", redact.Host(u), "err", m.scrub(err.Error()), "retry_in", delay)

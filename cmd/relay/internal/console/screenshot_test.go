@@ -1,6 +1,7 @@
 package console
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -49,8 +50,13 @@ ANALYZE outbox`); err != nil {
 	} {
 		var png []byte
 		if err := chromedp.Run(b, chromedp.EmulateViewport(1100, 760), chromedp.Navigate(base+shot.path),
-			chromedp.WaitVisible("main h1"), chromedp.FullScreenshot(&png, 90)); err != nil {
+			// Quality 100 is chromedp's PNG; below it writes JPEG, which a
+			// .png file must not hold.
+			chromedp.WaitVisible("main h1"), chromedp.FullScreenshot(&png, 100)); err != nil {
 			t.Fatal(err)
+		}
+		if !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) {
+			t.Fatalf("%s: the screenshot is not a PNG", shot.file)
 		}
 		if err := os.WriteFile(filepath.Join(dir, shot.file), png, 0o644); err != nil {
 			t.Fatal(err)
