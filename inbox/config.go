@@ -105,6 +105,28 @@ type Config struct {
 	// shutdown or an operator closing the connection) does not isolate.
 	IsolationPeriod time.Duration
 
+	// ProbeInterval is how often, while subscribed, the consumer asks its
+	// node whether it still reaches the queue (default 2s; negative
+	// disables the probe). On a node cut off from its cluster's majority
+	// (cluster_partition_handling = ignore) a quorum queue's deliveries
+	// just stop: no basic.cancel, no channel or connection error, acks
+	// accepted and silently dropped. The probe is a passive queue.declare
+	// on a channel of its own; such a node answers it with zero consumers
+	// (it cannot reach the queue's leader, which counts this one) after a
+	// 250 ms internal timeout.
+	//
+	// ProbeTimeout is how long the probes may keep failing (an error, no
+	// answer, or no consumer counted) before the node counts as making no
+	// progress (default 6s). The consumer then leaves it for the next URL
+	// in AMQPURLs, which it dials at once, and comes back to it only when
+	// every other node failed to answer (the relay's rule). Unacked
+	// deliveries on the node left are redelivered by the broker; those
+	// already applied are recognised by the inbox table. With a single URL
+	// there is nowhere to go: the consumer stays, keeps probing at
+	// ProbeInterval, and Ready reports the node's trouble until a probe
+	// passes.
+	ProbeInterval, ProbeTimeout time.Duration
+
 	// ReconnectMin and ReconnectMax shape the reconnect backoff (defaults
 	// 100ms and 15s, full jitter).
 	ReconnectMin, ReconnectMax time.Duration
@@ -155,6 +177,8 @@ func (c *Config) setDefaults() {
 	defaults.Set(&c.IsolationPeriod, time.Minute)
 	defaults.Set(&c.RetentionWindow, 7*24*time.Hour)
 	defaults.Set(&c.RetentionInterval, time.Hour)
+	defaults.Set(&c.ProbeInterval, 2*time.Second)
+	defaults.Set(&c.ProbeTimeout, 6*time.Second)
 	defaults.Set(&c.ReconnectMin, 100*time.Millisecond)
 	defaults.Set(&c.ReconnectMax, 15*time.Second)
 	defaults.Set(&c.Heartbeat, 10*time.Second)
@@ -199,8 +223,8 @@ func (c *Config) validate() error {
 	case c.RetentionBatch < 0:
 		return errors.New("inbox: Config.RetentionBatch must not be negative")
 	case c.HandlerTimeout < 0, c.ConfirmTimeout < 0, c.BreakerCooldown < 0, c.RetentionInterval < 0,
-		c.ReconnectMin < 0, c.Heartbeat < 0:
-		return errors.New("inbox: durations in Config must not be negative (only BreakerThreshold, RetentionWindow and IsolationPeriod use negative to disable)")
+		c.ReconnectMin < 0, c.Heartbeat < 0, c.ProbeTimeout < 0:
+		return errors.New("inbox: durations in Config must not be negative (only BreakerThreshold, RetentionWindow, IsolationPeriod and ProbeInterval use negative to disable)")
 	case c.ReconnectMax < c.ReconnectMin:
 		return errors.New("inbox: Config.ReconnectMax is below ReconnectMin")
 	}

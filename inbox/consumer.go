@@ -182,6 +182,15 @@ func (c *Consumer) serve(ctx context.Context, conn *amqp.Connection) error {
 		switch {
 		case ctx.Err() != nil:
 			return nil
+		case errors.Is(err, errNoProgress):
+			// Left on purpose (the Manager closes conn and dials the next
+			// node): no sign of a delivery breaking the connection, so no
+			// isolation. Wait for the close, or Wait would hand conn back.
+			select {
+			case <-ctx.Done():
+			case <-connClosed:
+			}
+			return err
 		case conn.IsClosed() || errors.Is(err, errConnectionLost):
 			// subscribe may have seen the channel close (or its deliveries
 			// end) before the connection's notification, which then says

@@ -76,6 +76,15 @@
 // subscribes again after a lost connection, a closed channel or a consumer
 // cancelled by the broker.
 //
+// A node that keeps the connection but cannot deliver (cut off from the
+// quorum queue's leader by a partition: deliveries just stop, with no
+// cancel and no error) is found by a probe, a passive queue.declare every
+// ProbeInterval on a channel of its own, which such a node answers with
+// zero consumers. After ProbeTimeout of failed probes the consumer leaves
+// the node for the next URL (the relay's rule, amqpconn.Manager.Abandon);
+// the broker redelivers what was unacked there, and the inbox table
+// recognises what was already applied.
+//
 // Inbox rows of this consumer older than RetentionWindow are deleted in
 // small batches. The window must exceed the longest time a copy of a
 // message can still arrive (the relay's retry horizon plus the retry delays

@@ -20,6 +20,8 @@ type metrics struct {
 	pruned          prometheus.Counter
 	isolated        prometheus.Gauge
 	isolations      prometheus.Counter
+	probeStalls     prometheus.Counter
+	abandoned       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, consumer string) *metrics {
@@ -50,6 +52,8 @@ func newMetrics(reg prometheus.Registerer, consumer string) *metrics {
 		pruned:          counter("pruned_total", "Inbox rows deleted by retention."),
 		isolated:        gauge("isolated", "1 while consuming with prefetch 1 after a connection was lost while consuming."),
 		isolations:      counter("isolations_total", "Times a connection lost while consuming switched to prefetch 1."),
+		probeStalls:     counter("broker_stalls_total", "Times the broker node failed the progress probe for ProbeTimeout: it could not reach the queue."),
+		abandoned:       counter("broker_abandoned_total", "Live broker connections the consumer left for another node because their node could not reach the queue."),
 	}
 	for _, r := range []string{DeadReasonPermanent, DeadReasonMaxAttempts, DeadReasonNoMessageID, DeadReasonHeadersTooLarge} {
 		m.deadLettered.WithLabelValues(r)
@@ -57,7 +61,7 @@ func newMetrics(reg prometheus.Registerer, consumer string) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.processed, m.duplicates, m.retried, m.deadLettered, m.handlerSeconds,
 			m.breakerState, m.breakerOpens, m.consuming, m.reconnects, m.dialFailures,
-			m.forwardFailures, m.pruned, m.isolated, m.isolations)
+			m.forwardFailures, m.pruned, m.isolated, m.isolations, m.probeStalls, m.abandoned)
 	}
 	return m
 }

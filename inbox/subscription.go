@@ -57,6 +57,17 @@ func (c *Consumer) subscribe(ctx context.Context, conn *amqp.Connection) (receiv
 	defer stop(nil)
 	go watch(sctx, stop, chClosed, cancels)
 	s.ctx = sctx
+	if c.cfg.ProbeInterval > 0 {
+		probed := make(chan struct{})
+		go func() {
+			defer close(probed)
+			c.watchProgress(sctx, stop, conn)
+		}()
+		defer func() {
+			stop(nil)
+			<-probed
+		}()
+	}
 
 	c.setStatus("")
 	c.log.Info("consuming", "consumer_tag", s.tag, "prefetch", s.prefetch)
