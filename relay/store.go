@@ -260,11 +260,14 @@ RETURNING o.id, o.dead_at IS NOT NULL`
 // markDeferred notes why rows the broker took none of (every message of
 // their send nacked) wait, and makes them wait out a retry delay, without
 // charging an attempt: the broker's unavailability is not the rows' fault.
+// Exact types and pg_catalog's unnest, as in markFailed: a bigint times an
+// interval, or unnest of a bigint[], would pick a look-alike planted on
+// the search_path over pg_catalog's.
 const markDeferred = `
 UPDATE outbox o SET
     last_error   = f.err,
-    available_at = now() + f.delay_ms * interval '1 millisecond'
-FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS f(id, err, delay_ms)
+    available_at = now() + f.delay_ms::float8 * interval '1 millisecond'
+FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::bigint[])) AS f(id, err, delay_ms)
 WHERE o.id = f.id`
 
 // markDeadAlone parks one row whose mark failed for its own data (see
