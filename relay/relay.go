@@ -48,10 +48,12 @@ type Config struct {
 	// MaxPayloadBytes parks larger payloads as dead without loading them
 	// (default 16 MiB).
 	MaxPayloadBytes int
-	// MaxBatchBytes caps the payload bytes one batch loads (default 16
-	// MiB, at least MaxPayloadBytes): the relay's memory follows Workers
-	// times this, not the table. A batch stops at the row that would cross
-	// it (its first row always fits).
+	// MaxBatchBytes caps the bytes one batch loads and holds (default 16
+	// MiB, at least MaxPayloadBytes): payloads, short strings, and headers
+	// as their text plus a bound on what they decode to (see
+	// cutToBudget). The relay's memory follows Workers times this, not the
+	// table. A batch stops at the row that would cross it (its first row
+	// always fits).
 	MaxBatchBytes int64
 	// ShutdownTimeout is how long in-flight batches may finish after the
 	// Run context ends (default 10s); then they are abandoned.

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -266,11 +267,14 @@ RETURNING o.id, o.dead_at IS NOT NULL`
 // markDeferred notes why rows the broker took none of (every message of
 // their send nacked) wait, and makes them wait out a retry delay, without
 // charging an attempt: the broker's unavailability is not the rows' fault.
+// Exact types and pg_catalog's unnest, as in markFailed: a bigint times an
+// interval, or unnest of a bigint[], would pick a look-alike planted on
+// the search_path over pg_catalog's.
 const markDeferred = `
 UPDATE outbox o SET
     last_error   = f.err,
-    available_at = now() + f.delay_ms * interval '1 millisecond'
-FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS f(id, err, delay_ms)
+    available_at = now() + f.delay_ms::float8 * interval '1 millisecond'
+FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::bigint[])) AS f(id, err, delay_ms)
 WHERE o.id = f.id`
 
 // markDeadAlone parks one row whose mark failed for its own data (see
@@ -395,6 +399,7 @@ func loadPayloads(ctx context.Context, tx pgx.Tx, rows []claimed, maxPayload int
 		at[r.id] = i
 	}
 	if len(ids) == 0 {
+		cutToBudget(rows, maxBytes)
 		return nil
 	}
 	got, err := tx.Query(ctx, fetchPayloads, ids)
@@ -415,7 +420,57 @@ func loadPayloads(ctx context.Context, tx pgx.Tx, rows []claimed, maxPayload int
 	if err != nil {
 		return fmt.Errorf("load payloads: %w", err)
 	}
+	cutToBudget(rows, maxBytes)
 	return nil
+}
+
+// cutToBudget ends the batch, once its rows are loaded, at the first row
+// whose headers would take it past maxBytes once decoded: that row and
+// the rest drop what was loaded for them and wait for the next batch, as
+// rows past loadPayloads' budget do. The first loaded row always stays.
+//
+// The claim and loadPayloads count a row's headers as their jsonb text,
+// what the relay receives; the tree it decodes to, which the relay holds
+// until the batch ends, is not bounded by the text's length: "{}, " is 4
+// bytes of text and a Go map of about 64 bytes, {"a": null} 11 bytes and
+// about 350 (a map's first group). A batch of 16 MiB of such text held
+// 270 MiB of maps. Counting the text once more and its tree
+// (headerTreeWeight) makes the batch's memory follow max_batch_bytes
+// whatever the headers hold.
+func cutToBudget(rows []claimed, maxBytes int64) {
+	var used int64
+	for i := range rows {
+		r := &rows[i]
+		if r.payload == nil {
+			continue // not loaded: costs nothing
+		}
+		need := int64(len(r.payload)) + r.extra + headerTreeWeight(r.headers)
+		if used > 0 && used+need > maxBytes {
+			for j := i; j < len(rows); j++ {
+				rows[j].payload, rows[j].headers = nil, nil
+			}
+			return
+		}
+		used += need
+	}
+}
+
+// headerTreeWeight bounds, in bytes, what headers' JSON text costs the
+// relay once decoded (outbox.DecodeRowHeaders), with the text itself: the
+// text's bytes, 48 per structural character ({ [ , :, at least one for
+// every node) and 320 more per table. Against the live heap of decoding
+// the worst shapes the row limits accept (worstHeaders in
+// test/memory_e2e_test.go: empty and one-entry tables, empty arrays,
+// members, nulls, numbers, strings, control characters) it is 1.3 to 6
+// times what they hold; for ordinary headers (a traceparent, a tenant)
+// under a kilobyte.
+func headerTreeWeight(text []byte) int64 {
+	if len(text) <= 2 { // "{}" or none
+		return int64(len(text))
+	}
+	tables := bytes.Count(text, []byte("{"))
+	nodes := tables + bytes.Count(text, []byte("[")) + bytes.Count(text, []byte(",")) + bytes.Count(text, []byte(":"))
+	return int64(len(text)) + 48*int64(nodes) + 320*int64(tables)
 }
 
 // failure is one row's failed attempt, for mark.

@@ -2,12 +2,17 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 	"github.com/outboxrelay/outboxrelay/outbox"
@@ -22,17 +27,9 @@ import (
 // binary as shipped: the race detector's shadow memory would multiply it.
 func TestMemoryIsBoundedWhateverTheTableHolds(t *testing.T) {
 	t.Parallel()
-	env := testenv.Services(t)
-	dsn := testenv.NewSchema(t, true)
-	pool := testenv.Pool(t, dsn)
-	_, ch := testenv.AMQP(t, env.AMQPURL)
-	queue := testenv.Queue(t, ch, false)
+	m := setupMemory(t, 10)
+	env, dsn, pool, queue, good := m.env, m.dsn, m.pool, m.queue, m.good
 	ctx := context.Background()
-
-	good := make([]outbox.Message, 10)
-	for i := range good {
-		good[i] = outbox.Message{RoutingKey: queue, Payload: []byte(`{}`)}
-	}
 	if _, err := outbox.Enqueue(ctx, pool, good...); err != nil {
 		t.Fatal(err)
 	}
@@ -90,6 +87,30 @@ func TestMemoryIsBoundedWhateverTheTableHolds(t *testing.T) {
 	}
 }
 
+// memoryBundle is what a memory test needs: a migrated schema, a queue,
+// and good rows to put around the bad ones.
+type memoryBundle struct {
+	env   testenv.Env
+	dsn   string
+	pool  *pgxpool.Pool
+	ch    *amqp.Channel
+	queue string
+	good  []outbox.Message
+}
+
+func setupMemory(t *testing.T, goodRows int) memoryBundle {
+	t.Helper()
+	m := memoryBundle{env: testenv.Services(t), dsn: testenv.NewSchema(t, true)}
+	m.pool = testenv.Pool(t, m.dsn)
+	_, m.ch = testenv.AMQP(t, m.env.AMQPURL)
+	m.queue = testenv.Queue(t, m.ch, false)
+	m.good = make([]outbox.Message, goodRows)
+	for i := range m.good {
+		m.good[i] = outbox.Message{RoutingKey: m.queue, Payload: []byte(`{}`)}
+	}
+	return m
+}
+
 // peakRSS is a process's peak resident set size (VmHWM), in MiB.
 func peakRSS(t *testing.T, pid int) float64 {
 	t.Helper()
@@ -108,4 +129,137 @@ func peakRSS(t *testing.T, pid int) float64 {
 	}
 	t.Fatal("no VmHWM in /proc status")
 	return 0
+}
+
+// worstHeaders are header documents at the edge of what the row limits
+// accept (jsonb text at most 262,144 bytes, header table at most 129,724
+// AMQP bytes, at most 8,192 entries per table or array), each shaped to
+// cost the relay the most memory for the bytes it is counted as:
+//   - control characters, which jsonb returns as 6-byte \u0001 escapes:
+//     the most text for the AMQP bytes;
+//   - empty tables and empty arrays, 4 bytes of text and 5 AMQP bytes
+//     each, every one a map or a slice once decoded, and one-entry
+//     tables, 13 bytes of text and a map of about 350 bytes each;
+//   - nulls and zeros in arrays, the most entries for the text, and
+//     members (three-byte names), the most map entries for it.
+func worstHeaders() map[string]string {
+	const width = 8192
+	arrays := func(elem string, n int) string {
+		var b strings.Builder
+		b.WriteString("{")
+		for a := 0; n > 0; a++ {
+			k := min(n, width)
+			n -= k
+			if a > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, `"%c": [`, 'a'+a)
+			b.WriteString(strings.Repeat(elem+", ", k-1) + elem + "]")
+		}
+		b.WriteString("}")
+		return b.String()
+	}
+	return map[string]string{
+		// 7 + 6n + 2 bytes of text; 4 + 2 + 5 + n AMQP bytes.
+		"control characters": `{"h": "` + strings.Repeat(`\u0001`, (262144-9)/6) + `"}`,
+		// 4 + 4*7 + 5n AMQP bytes (four arrays).
+		"empty tables": arrays("{}", (129724-32)/5),
+		"empty arrays": arrays("[]", (129724-32)/5),
+		// 8 AMQP bytes each: 'F', a length, a one-byte name, a null.
+		"one-entry tables": arrays(`{"a": null}`, (129724-32)/8),
+		// 13 bytes of text each (`"abc": null, `).
+		"members": members(262144/13 - 10),
+		// 6 bytes of text each ("null, "): the text limit binds.
+		"nulls": arrays("null", 262144/6-20),
+		// 9 AMQP bytes each: the header table budget binds.
+		"zeros": arrays("0", (129724-4-2*7)/9),
+	}
+}
+
+// members is a header document of n null members with three-character
+// names, in tables of at most 8,192.
+func members(n int) string {
+	const al = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	var b strings.Builder
+	b.WriteString("{")
+	for t := 0; n > 0; t++ {
+		k := min(n, 8192)
+		n -= k
+		if t > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, `"%c": {`, 'a'+t)
+		for i := range k {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, `"%c%c%c": null`, al[i%62], al[i/62%62], al[i/3844])
+		}
+		b.WriteString("}")
+	}
+	b.WriteString("}")
+	return b.String()
+}
+
+// Memory follows max_batch_bytes whatever the headers hold: 500 rows of
+// the worst headers the row limits accept, between good rows, claimed by
+// the binary as shipped with the default settings. Every row is
+// published, and the relay's peak resident set (VmHWM) stays under
+// 200 MB: a batch is cut by what its headers cost once decoded, not by
+// their stored or text size.
+func TestMemoryIsBoundedWhateverTheHeadersHold(t *testing.T) {
+	t.Parallel()
+	m := setupMemory(t, 50)
+	env, dsn, pool, ch, queue, good := m.env, m.dsn, m.pool, m.ch, m.queue, m.good
+	ctx := context.Background()
+	if _, err := outbox.Enqueue(ctx, pool, good...); err != nil {
+		t.Fatal(err)
+	}
+	shapes := worstHeaders()
+	names := make([]string, 0, len(shapes))
+	for name := range shapes {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	const rows = 500
+	start := time.Now()
+	for i, name := range names {
+		n := rows / len(names)
+		if i < rows%len(names) {
+			n++
+		}
+		if _, err := pool.Exec(ctx, `INSERT INTO outbox (routing_key, payload, headers)
+			SELECT $1, 'x', $2::jsonb FROM generate_series(1, $3)`, queue, shapes[name], n); err != nil {
+			t.Fatalf("insert %d rows of %s: %v", n, name, err)
+		}
+		if _, err := outbox.Enqueue(ctx, pool, good...); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	inserted := time.Now()
+	t.Logf("rows inserted in %s", inserted.Sub(start).Round(time.Second))
+	p := testenv.StartPlainRelayProc(t, "RELAY_DATABASE_URL="+dsn, "RELAY_AMQP_URL="+env.AMQPURL)
+	testenv.Eventually(t, 5*time.Minute, "every row published", func() (bool, error) {
+		var left int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&left)
+		return left == 0, err
+	})
+	peak := peakRSS(t, p.Pid())
+	var dead int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL`).Scan(&dead); err != nil || dead != 0 {
+		t.Errorf("%d rows dead (%v), want every row published", dead, err)
+	}
+	q, err := ch.QueueDeclarePassive(queue, false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := rows + len(good)*(len(names)+1)
+	t.Logf("%d messages in the queue, published in %s; relay peak RSS %.0f MiB", q.Messages, time.Since(inserted).Round(time.Second), peak)
+	if q.Messages != want {
+		t.Errorf("queue holds %d messages, want %d", q.Messages, want)
+	}
+	if peak >= 200 {
+		t.Fatalf("relay peak RSS %.0f MiB, want under 200 MiB", peak)
+	}
 }
