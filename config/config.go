@@ -403,7 +403,7 @@ func durationIn(lo, hi time.Duration, set func(*Config, time.Duration)) parser {
 // retention takes a duration or none (see the retention key).
 func retention() parser {
 	d := durationIn(0, 100*365*24*time.Hour, func(c *Config, v time.Duration) { c.Retention, c.RetentionNone = v, false })
-	return parser{"duration or none", func(c *Config, s string) error {
+	return parser{"duration|none", func(c *Config, s string) error {
 		if strings.EqualFold(strings.TrimSpace(s), "none") {
 			c.Retention, c.RetentionNone = 0, true
 			return nil

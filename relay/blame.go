@@ -125,7 +125,9 @@ func judge(rep *segmentReport, lone bool) judgement {
 				j.again = append(j.again, i)
 			case cause.server() && lone:
 				*o = failed(reasonConnectionLost, "the broker connection died while this row was published alone: %s", cause)
-			case cause.server():
+			case rep.resetWriting != nil && !cause.left() && lone:
+				*o = failed(reasonConnectionLost, "the broker reset the connection while this row was written alone: %v", rep.resetWriting)
+			case cause.server(), rep.resetWriting != nil && !cause.left():
 				o.state = stateSuspected
 			}
 		}
@@ -181,6 +183,16 @@ func encodeFailure(err error) bool {
 		return false
 	}
 	return true
+}
+
+// resetByPeer tells whether a write failed because the peer reset the
+// socket (or had already closed it). A broker that reads a frame it will
+// not take (one over frame_max) closes the connection at once, while the
+// client may still be writing the rest: the client's write then fails and
+// the broker's connection.close is lost with the socket. A link that goes
+// dark fails no write (the kernel buffers it); only a live peer resets.
+func resetByPeer(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // checkBlamesRow tells whether an exchange check's failure is the row's

@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"slices"
+	"syscall"
 	"testing"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -31,6 +32,12 @@ func report(cause *closeCause, silent bool, vs ...verdict) *segmentReport {
 		}
 		r.msgs = append(r.msgs, m)
 	}
+	return r
+}
+
+// resetWriting marks r as written when the broker reset the socket.
+func resetWriting(r *segmentReport) *segmentReport {
+	r.resetWriting = syscall.ECONNRESET
 	return r
 }
 
@@ -79,6 +86,10 @@ func TestJudge(t *testing.T) {
 		{"CONNECTION_FORCED blames no row", report(causeForced, false, vLost, vLost), false, []rowState{U, U}, nil, noStall},
 		{"CONNECTION_FORCED blames no lone row", report(causeForced, false, vLost), true, []rowState{U}, nil, noStall},
 		{"a cut socket blames no row", report(causeCut, false, vLost, vLost), true, []rowState{U, U}, nil, noStall},
+		{"reset while a lone row was written: charged", resetWriting(report(causeCut, false, vLost)), true, []rowState{F}, nil, noStall},
+		{"reset while a batch was written: in flight suspected", resetWriting(report(causeCut, false, vAcked, vLost, vLost, vUnsent)), false, []rowState{P, S, S, U}, nil, noStall},
+		{"reset before the cause is read: charged all the same", resetWriting(report(causeOpen, false, vLost)), true, []rowState{F}, nil, noStall},
+		{"reset after the relay left the node: no row to blame", resetWriting(report(causeLeft, false, vLost)), true, []rowState{U}, nil, noStall},
 		{"a graceful close blames no row", report(causeGraceful, false, vLost), true, []rowState{U}, nil, noStall},
 		{"the relay left the node: no row to blame", report(causeLeft, false, vLost), true, []rowState{U}, nil, noStall},
 		{"the client refuses one: it is dead, the others untouched", report(causeCut, false, vLost, vUnencodable, vUnsent), false, []rowState{U, F, U}, nil, noStall},

@@ -52,6 +52,10 @@ func (c *closeCause) server() bool {
 	return c != nil && !c.abandoned && c.err != nil && c.err.Server && !c.err.Recover && c.err.Code != amqp.ConnectionForced
 }
 
+// left reports whether the relay itself closed the connection, leaving a
+// node that made no progress.
+func (c *closeCause) left() bool { return c != nil && c.abandoned }
+
 // channelOnly reports whether the broker closed the channel alone, over
 // something one message did (a soft error), the connection staying up.
 func (c *closeCause) channelOnly() bool {
@@ -107,6 +111,13 @@ type segmentReport struct {
 	// cause is why the channel closed during the segment; nil while it is
 	// open.
 	cause *closeCause
+	// resetWriting is the broker resetting the socket while the segment
+	// was being written (see resetByPeer): it closed the connection over
+	// what it had read so far, before its connection.close could be read.
+	resetWriting error
+	// writeFailed is set when the connection failed while the segment was
+	// written: its close cause is then waited for.
+	writeFailed bool
 }
 
 // count returns how many messages got verdict v.
@@ -164,7 +175,14 @@ func (c *confirmChannel) write(ctx context.Context, out []outgoing, rep *segment
 	// What the broker has not been sent it cannot confirm: the segment
 	// goes on the wire before anything waits for it. A write that fails
 	// here closed the socket; the confirms then fail with the connection.
-	defer func() { _ = c.writes.Release() }()
+	defer func() {
+		if err := c.writes.Release(); err != nil {
+			rep.writeFailed = true
+			if resetByPeer(err) && rep.resetWriting == nil {
+				rep.resetWriting = err
+			}
+		}
+	}()
 	for i := range out {
 		o := &out[i]
 		dc, err := c.ch.PublishWithDeferredConfirmWithContext(ctx, o.exchange, o.routingKey, true, false, *o.msg)
@@ -178,6 +196,15 @@ func (c *confirmChannel) write(ctx context.Context, out []outgoing, rep *segment
 			if encodeFailure(err) {
 				rep.msgs[i].verdict = vUnencodable
 				rep.encodeErr = fmt.Errorf("amqp091-go cannot encode it: %w", err)
+				break
+			}
+			// The connection failed while this one was written: part of
+			// it may be on the wire (a broker that kills the connection
+			// over a frame does so before the rest is read).
+			rep.msgs[i].verdict = vLost
+			rep.writeFailed = true
+			if resetByPeer(err) {
+				rep.resetWriting = err
 			}
 			break
 		}
@@ -216,7 +243,7 @@ func (c *confirmChannel) confirm(ctx context.Context, out []outgoing, dcs []*amq
 	// A message the client refused while writing it (not one it refused
 	// before: a header type it does not know) makes it close the
 	// connection: wait for that to be said.
-	if c.ch.IsClosed() || (rep.encodeErr != nil && !errors.Is(rep.encodeErr, amqp.ErrFieldType)) {
+	if c.ch.IsClosed() || rep.writeFailed || (rep.encodeErr != nil && !errors.Is(rep.encodeErr, amqp.ErrFieldType)) {
 		rep.cause = c.closeCause(ctx)
 	}
 	return nil
