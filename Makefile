@@ -48,7 +48,7 @@ test: ## install and start the services, lint, run every test with the race dete
 	@$(MAKE) --no-print-directory rules
 	. $(ENV_FILE) && $(GO) test -race -count=1 -timeout 15m ./...
 	@$(MAKE) --no-print-directory deploy-check
-	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
 	@$(MAKE) --no-print-directory fault
 	@$(MAKE) --no-print-directory partition
 
@@ -95,7 +95,7 @@ bench-long: ## the short suite plus a 20-minute soak at 2,000 msg/s (BENCH_SOAK 
 
 .PHONY: fuzz
 FUZZTIME ?= 30s
-fuzz: ## run each fuzz target for FUZZTIME (30s; make test runs them for 5s)
+fuzz: ## run each fuzz target for FUZZTIME (30s; make test runs them for 3s)
 	. $(ENV_FILE) && $(GO) test -run '^$$' -fuzz '^FuzzDecodeHeaders$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./relay
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./config
 	$(GO) test -run '^$$' -fuzz '^FuzzSecretNeverEchoed$$' -fuzztime $(FUZZTIME) ./config

@@ -4,3 +4,7 @@ package relay
 // AMQP's and the broker's limits, so a test can send a row that kills the
 // connection and watch the suspect isolation deal with it.
 func SkipRowChecks(c *Config) { c.skipRowChecks = true }
+
+// EmptyWakeHoldoff is how long a worker ignores notifications after one
+// that found nothing.
+const EmptyWakeHoldoff = emptyWakeHoldoff

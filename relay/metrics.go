@@ -32,6 +32,7 @@ type metrics struct {
 	retained             prometheus.Counter
 	overtaken            prometheus.Counter
 	suspected            prometheus.Counter
+	emptyWakeups         prometheus.Counter
 	stalls               *prometheus.CounterVec
 	uncharged            *prometheus.CounterVec
 	abandoned            prometheus.Counter
@@ -97,6 +98,7 @@ func newMetrics(reg prometheus.Registerer, name string) (*metrics, error) {
 		retained:             counter("retention_deleted_total", "Published rows deleted by retention."),
 		overtaken:            counter("ordering_overtaken_total", "Keyed rows the broker confirmed after refusing an earlier row of their key in the same pipelined run (key order broken on the broker; see strict_ordering)."),
 		suspected:            counter("suspected_total", "Rows in flight when the broker connection died under a batch; each is then published alone."),
+		emptyWakeups:         counter("empty_wakeups_total", "Insert notifications after which the claim found nothing: the next one is honoured no sooner than 20 ms later (any role can NOTIFY)."),
 		stalls: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "broker_stalls_total", Help: "Sends on a live connection that made no progress, by reason: confirm_timeout (no confirm for confirm_timeout) or nacked (every message nacked)."}, []string{"reason"}),
 		uncharged: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -130,7 +132,7 @@ func (m *metrics) register(reg prometheus.Registerer, name string) error {
 		m.brokerDialFailures, m.dbErrors, m.listenerConnected,
 		m.pendingRows, m.dueRows, m.deadRows, m.oldestPending,
 		m.blockedKeys, m.tableDeadTuples, m.tableBytes, m.retained, m.overtaken, m.suspected,
-		m.stalls, m.uncharged, m.abandoned}
+		m.emptyWakeups, m.stalls, m.uncharged, m.abandoned}
 	for i, c := range all {
 		if err := reg.Register(c); err != nil {
 			for _, done := range all[:i] {

@@ -2,8 +2,11 @@ package relay_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 	"github.com/outboxrelay/outboxrelay/outbox"
@@ -63,4 +66,55 @@ func TestHostileAttemptsDoNotStallTheBatch(t *testing.T) {
 	if err != nil || q.Messages != len(good) {
 		t.Fatalf("queue holds %d messages (%v), want the %d good rows once each", q.Messages, err, len(good))
 	}
+}
+
+// Any role may NOTIFY the relay's channel, and PostgreSQL cannot stop it.
+// A loop of notifications with nothing to claim must not keep the workers
+// claiming back to back: after a wake-up that found nothing, a worker
+// ignores notifications for EmptyWakeHoldoff, so at any moment the empty
+// claims number at most a few per worker per hold-off since the flood
+// began, however many notifications were sent. A row inserted during the
+// flood is still published.
+func TestNotifyFloodIsDamped(t *testing.T) {
+	t.Parallel()
+	const workers = 2
+	reg := prometheus.NewRegistry()
+	b := setup(t, func(c *relay.Config) { c.Workers = workers; c.Registerer = reg })
+	ctx := context.Background()
+	testenv.Eventually(t, 30*time.Second, "the listener to listen", func() (bool, error) {
+		return counter(t, reg, "outboxrelay_relay_listener_connected") == 1, nil
+	})
+	var channel string
+	if err := b.pool.QueryRow(ctx, `SELECT current_schema() || '.outbox'`).Scan(&channel); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := b.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	const notifications = 3000
+	start := time.Now()
+	var row []string
+	for i := range notifications {
+		if _, err := conn.Exec(ctx, `SELECT pg_notify($1, $2)`, channel, strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i == notifications/2 {
+			if row, err = outbox.Enqueue(ctx, b.pool, outbox.Message{RoutingKey: b.queue, Payload: []byte(`{}`)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	empty := counter(t, reg, "outboxrelay_relay_empty_wakeups_total")
+	elapsed := time.Since(start)
+	bound := workers * (float64(elapsed/relay.EmptyWakeHoldoff) + 2)
+	t.Logf("%d notifications in %s: %v empty claims (bound %v)", notifications, elapsed, empty, bound)
+	if empty < 1 {
+		t.Errorf("no empty wake-up counted over %d notifications: are they honoured?", notifications)
+	}
+	if empty > bound {
+		t.Errorf("%v empty claims in %s, want at most %v: the flood keeps the workers claiming", empty, elapsed, bound)
+	}
+	b.waitPublished(t, row...)
 }

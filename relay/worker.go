@@ -62,6 +62,7 @@ func (w *worker) run(stop, ioctx context.Context) {
 	failures := 0
 	poll := time.NewTimer(w.r.cfg.PollInterval)
 	defer poll.Stop()
+	woken := false // the batch below follows a notification
 	for stop.Err() == nil {
 		// Wait for a usable broker (connected, not blocked by an alarm)
 		// before claiming, so rows are never held in a transaction while
@@ -92,28 +93,55 @@ func (w *worker) run(stop, ioctx context.Context) {
 		failures = 0
 		if n >= w.r.cfg.BatchSize {
 			w.r.signal() // more is likely waiting: bring another worker in
+			woken = false
 			continue
 		}
 		if w.claimAgain {
+			woken = false
 			continue // the keys' next rows may now be heads
 		}
-		if !poll.Stop() {
-			select {
-			case <-poll.C:
-			default:
-			}
-		}
-		poll.Reset(w.r.cfg.PollInterval)
-		select {
-		case <-stop.Done():
+		var ok bool
+		if woken, ok = w.wait(stop, poll, woken && n == 0); !ok {
 			return
-		case <-w.r.wake:
-		case <-poll.C:
 		}
 		// A wake-up may be for a row below low, or for a keyed row.
 		w.fromStart, w.keysPending = true, true
 	}
 }
+
+// wait waits for a notification or the poll interval, and reports whether
+// a notification ended it; ok is false when stop ended. emptyWake says
+// the last claim followed a notification and found nothing: the next
+// notification is then honoured no sooner than emptyWakeHoldoff later.
+func (w *worker) wait(stop context.Context, poll *time.Timer, emptyWake bool) (woken, ok bool) {
+	if emptyWake {
+		w.r.m.emptyWakeups.Inc()
+		if !backoff.Sleep(stop.Done(), emptyWakeHoldoff) {
+			return false, false
+		}
+	}
+	if !poll.Stop() {
+		select {
+		case <-poll.C:
+		default:
+		}
+	}
+	poll.Reset(w.r.cfg.PollInterval)
+	select {
+	case <-stop.Done():
+		return false, false
+	case <-w.r.wake:
+		return true, true
+	case <-poll.C:
+		return false, true
+	}
+}
+
+// emptyWakeHoldoff is how long a worker ignores notifications after one
+// that found nothing to claim. Any role may NOTIFY the relay's channel; a
+// loop of them would otherwise keep every worker claiming back to back. A
+// genuine insert wakes a worker that then claims it, and is never held.
+const emptyWakeHoldoff = 20 * time.Millisecond
 
 // batch claims, publishes and marks one batch in one transaction, and
 // returns how many rows it claimed.

@@ -60,39 +60,67 @@ func main() {
 	}
 }
 
-// envFlag defines a string flag whose default comes from an environment
-// variable.
-func envFlag(name, env, def, help string) *string {
-	if v := os.Getenv(env); v != "" {
-		def = v
+// options are the consumer's flags.
+type options struct {
+	dbURL, amqpURL, exchange, queue, binding, name, logLevel string
+	setup                                                    bool
+}
+
+// parseFlags reads args, then takes each flag not given from the
+// environment variable named in its help (the URLs also from RELAY_*).
+// The environment is read after parsing, never into a flag's default:
+// -help prints defaults, and a URL's default would print its password.
+func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (options, error) {
+	var o options
+	fromEnv := map[string][]string{}
+	str := func(p *string, name, def, help string, env ...string) {
+		fs.StringVar(p, name, def, help+" (env "+strings.Join(env, ", then ")+")")
+		fromEnv[name] = env
 	}
-	return flag.String(name, def, help+" (env "+env+")")
+	str(&o.dbURL, "database-url", "", "PostgreSQL URL", "ORDERS_DATABASE_URL", "RELAY_DATABASE_URL")
+	str(&o.amqpURL, "amqp-url", "", "RabbitMQ URL(s), comma-separated", "ORDERS_AMQP_URL", "RELAY_AMQP_URL")
+	str(&o.exchange, "exchange", "orders", "exchange the relay publishes to", "ORDERS_EXCHANGE")
+	str(&o.queue, "queue", "orders-applier", "queue to consume", "ORDERS_QUEUE")
+	str(&o.binding, "binding", "order.created", "binding keys, comma-separated", "ORDERS_BINDING")
+	str(&o.name, "name", "orders-applier", "consumer name in the inbox table", "ORDERS_CONSUMER")
+	str(&o.logLevel, "log-level", "info", "debug, info, warn or error; debug also logs each duplicate the inbox acks unhandled", "ORDERS_LOG_LEVEL")
+	fs.BoolVar(&o.setup, "setup", false, "create the table orders_applied if missing, then exit (run as the table's owner)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for name, env := range fromEnv {
+		if given[name] {
+			continue
+		}
+		for _, e := range env {
+			if v := getenv(e); v != "" {
+				_ = fs.Set(name, v)
+				break
+			}
+		}
+	}
+	return o, nil
 }
 
 func run(log *slog.Logger, level *slog.LevelVar) error {
-	var (
-		dbURL    = envFlag("database-url", "ORDERS_DATABASE_URL", os.Getenv("RELAY_DATABASE_URL"), "PostgreSQL URL; RELAY_DATABASE_URL is used if unset")
-		amqpURL  = envFlag("amqp-url", "ORDERS_AMQP_URL", os.Getenv("RELAY_AMQP_URL"), "RabbitMQ URL(s), comma-separated; RELAY_AMQP_URL is used if unset")
-		exchange = envFlag("exchange", "ORDERS_EXCHANGE", "orders", "exchange the relay publishes to")
-		queue    = envFlag("queue", "ORDERS_QUEUE", "orders-applier", "queue to consume")
-		binding  = envFlag("binding", "ORDERS_BINDING", "order.created", "binding keys, comma-separated")
-		name     = envFlag("name", "ORDERS_CONSUMER", "orders-applier", "consumer name in the inbox table")
-		logLevel = envFlag("log-level", "ORDERS_LOG_LEVEL", "info", "debug, info, warn or error; debug also logs each duplicate the inbox acks unhandled")
-		setup    = flag.Bool("setup", false, "create the table orders_applied if missing, then exit (run as the table's owner)")
-	)
-	flag.Parse()
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+	o, err := parseFlags(flag.CommandLine, os.Args[1:], os.Getenv)
+	if err != nil {
+		return err
+	}
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)
 	}
-	if *dbURL == "" || (*amqpURL == "" && !*setup) {
+	if o.dbURL == "" || (o.amqpURL == "" && !o.setup) {
 		return errors.New("-database-url and -amqp-url are required")
 	}
-	urls := strings.Split(*amqpURL, ",")
+	urls := strings.Split(o.amqpURL, ",")
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	pool, err := pgxpool.New(ctx, *dbURL)
+	pool, err := pgxpool.New(ctx, o.dbURL)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
@@ -100,18 +128,18 @@ func run(log *slog.Logger, level *slog.LevelVar) error {
 	if err := ensureTable(ctx, pool); err != nil {
 		return err
 	}
-	if *setup {
+	if o.setup {
 		log.Info("table orders_applied ready")
 		return nil
 	}
-	if err := declare(ctx, urls[0], inbox.Topology{Exchange: *exchange, Queue: *queue, BindingKeys: strings.Split(*binding, ",")}); err != nil {
+	if err := declare(ctx, urls[0], inbox.Topology{Exchange: o.exchange, Queue: o.queue, BindingKeys: strings.Split(o.binding, ",")}); err != nil {
 		return err
 	}
-	log.Info("topology declared", "exchange", *exchange, "queue", *queue, "binding", *binding)
+	log.Info("topology declared", "exchange", o.exchange, "queue", o.queue, "binding", o.binding)
 
 	c, err := inbox.New(inbox.Config{
-		Queue:       *queue,
-		Name:        *name,
+		Queue:       o.queue,
+		Name:        o.name,
 		DB:          pool,
 		AMQPURLs:    urls,
 		Concurrency: 4,

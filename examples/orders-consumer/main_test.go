@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"strings"
 	"testing"
 
@@ -50,4 +52,40 @@ func currentSchema(t *testing.T, pool *pgxpool.Pool) string {
 		t.Fatal(err)
 	}
 	return pgx.Identifier{s}.Sanitize()
+}
+
+// -help prints every flag's default: a URL taken from the environment must
+// not be one, or the help would print its password. The environment still
+// fills the flags not given, ORDERS_* before RELAY_*, and a flag given
+// wins over both.
+func TestHelpShowsNoPasswordFromTheEnvironment(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{
+		"RELAY_DATABASE_URL": "postgres://app:s3cret-db@db/outbox",
+		"RELAY_AMQP_URL":     "amqp://relay:s3cret-mq@mq/",
+		"ORDERS_AMQP_URL":    "amqp://orders:s3cret-orders@mq/",
+		"ORDERS_QUEUE":       "from-env",
+	}
+	fs := flag.NewFlagSet("orders-consumer", flag.ContinueOnError)
+	var help strings.Builder
+	fs.SetOutput(&help)
+	_, err := parseFlags(fs, []string{"-help"}, func(k string) string { return env[k] })
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-help: %v, want flag.ErrHelp", err)
+	}
+	if strings.Contains(help.String(), "s3cret") {
+		t.Errorf("-help prints a password from the environment:\n%s", help.String())
+	}
+	if !strings.Contains(help.String(), "RELAY_DATABASE_URL") {
+		t.Errorf("-help does not name the variable the URL comes from:\n%s", help.String())
+	}
+
+	fs = flag.NewFlagSet("orders-consumer", flag.ContinueOnError)
+	o, err := parseFlags(fs, []string{"-queue", "from-flag"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.dbURL != env["RELAY_DATABASE_URL"] || o.amqpURL != env["ORDERS_AMQP_URL"] || o.queue != "from-flag" || o.exchange != "orders" {
+		t.Errorf("options %+v: want the database URL from RELAY_*, the broker's from ORDERS_*, the queue from its flag, the exchange's default", o)
+	}
 }

@@ -25,8 +25,12 @@ import (
 // consumer's queue, before, during and after the partition.
 const publishRate = 50
 
+// inboxIsolation is how long the consumer's node is cut off: twice
+// maxStall, so a consumer that stays on the node fails the test.
+const inboxIsolation = 30 * time.Second
+
 // The inbox consumer's node (node 1, first in its URL list) is cut off from
-// the other two for 60 s while messages keep arriving through node 2, the
+// the other two for inboxIsolation while messages keep arriving through node 2, the
 // queue's leader. On node 1 deliveries just stop; the consumer must leave it
 // for a node of the majority and apply every message exactly once.
 func TestInboxConsumersNodeIsolatedIgnore(t *testing.T) {
@@ -79,7 +83,7 @@ func TestInboxConsumersNodeIsolatedIgnore(t *testing.T) {
 
 	cutAt := time.Now()
 	testenv.ServicesCmd(t, "netns-isolate", "1")
-	hold(ctx, 60*time.Second)
+	hold(ctx, inboxIsolation)
 	testenv.ServicesCmd(t, "netns-heal")
 	healedAt := time.Now()
 	hold(ctx, 5*time.Second) // messages keep arriving after the heal too
@@ -109,9 +113,9 @@ func TestInboxConsumersNodeIsolatedIgnore(t *testing.T) {
 	}
 	gap, gapAt := longestGap(t, pool)
 	unknown := unpublishedApplied(t, pool, published)
-	t.Logf("inbox consumer's node isolated 60s (ignore): %d published, %d inbox rows, %d applied, %d applied twice, %d unknown; "+
+	t.Logf("inbox consumer's node isolated %s (ignore): %d published, %d inbox rows, %d applied, %d applied twice, %d unknown; "+
 		"%d duplicates delivered and recognised, %d ack errors; %v nodes left; longest gap in applications %.1fs, starting %.1fs after the cut (healed at %.1fs)",
-		len(published), inboxRows, rows, rows-distinct, unknown, duplicates.Load(), ackErrs.Load(), abandoned,
+		inboxIsolation, len(published), inboxRows, rows, rows-distinct, unknown, duplicates.Load(), ackErrs.Load(), abandoned,
 		gap.Seconds(), gapAt.Sub(cutAt).Seconds(), healedAt.Sub(cutAt).Seconds())
 	if l := strings.TrimSpace(logs.String()); l != "" {
 		t.Logf("consumer's warnings:\n%s", l)

@@ -90,7 +90,6 @@ func TestRunRefusesAnUnmigratedSchema(t *testing.T) {
 	env := testenv.Services(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a loop ends as exit 0
 	defer cancel()
-	start := time.Now()
 	code, _, errOut := runMain(t, ctx, []string{
 		"RELAY_DATABASE_URL=" + testenv.NewDatabase(t), "RELAY_AMQP_URL=" + env.AMQPURL, "RELAY_HTTP_ADDR="}, "run")
 	if code != exitFailed || !strings.Contains(errOut, "has no relay tables: run `relay migrate`") {
@@ -98,9 +97,6 @@ func TestRunRefusesAnUnmigratedSchema(t *testing.T) {
 	}
 	if lines := strings.Count(errOut, "\n"); lines > 3 {
 		t.Errorf("%d lines for a start-up refusal, want one error:\n%s", lines, errOut)
-	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Errorf("took %s: nothing to wait for", d)
 	}
 }
 
@@ -178,14 +174,18 @@ func TestRunGivesUpWhenTheDatabaseRefuses(t *testing.T) {
 				!strings.Contains(res.stderr, tc.want) {
 				t.Fatalf("exit %d, want %d with the reason; stderr:\n%s", res.code, exitFailed, res.stderr)
 			}
-			if elapsed > 20*time.Second {
-				t.Errorf("gave up after %s, want about 5s", elapsed)
-			}
 			// The same error is logged at most once per reconnect_max
 			// (500ms) over a 5s grace: a dozen lines at most. A spinning
 			// loop writes hundreds.
 			if lines := strings.Count(res.stderr, "\n"); lines > 15 {
 				t.Errorf("%d log lines in %s: spinning?\n%s", lines, elapsed, res.stderr)
+			}
+			// /readyz may be reachable by more than the operator: it says
+			// what kind of trouble, not who the relay is nor where.
+			for _, name := range []string{"user=" + base.User.Username(), strings.TrimPrefix(noDatabase.Path, "/"), base.Hostname()} {
+				if strings.Contains(body, name) {
+					t.Errorf("/readyz names %q: %s", name, body)
+				}
 			}
 			for _, secret := range []string{"wrong-pw-81724", realPassword} {
 				if strings.Contains(res.stderr, secret) || strings.Contains(body, secret) {

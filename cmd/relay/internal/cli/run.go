@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -139,7 +140,7 @@ func checkStart(ctx context.Context, pool *pgxpool.Pool, cfg config.Config, log 
 			refusedSince = time.Time{}
 		}
 		delay := wait.Full(attempt)
-		gate.set("waiting for the database: " + err.Error())
+		gate.set("waiting for the database: " + readyReason(err))
 		// The same error at most once per reconnect_max: a database down
 		// for an hour is a few hundred lines, not one per attempt.
 		if msg := err.Error(); msg != logged || time.Since(loggedAt) >= cfg.ReconnectMax {
@@ -207,12 +208,37 @@ func handler(r *relay.Relay, reg *prometheus.Registry, gate *startGate, secrets 
 		ctx, cancel := context.WithTimeout(req.Context(), 2*time.Second)
 		defer cancel()
 		if err := r.Ready(ctx); err != nil {
-			http.Error(w, "not ready: "+redact.Scrub(err.Error(), secrets), http.StatusServiceUnavailable)
+			http.Error(w, "not ready: "+redact.Scrub(readyReason(err), secrets), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
+}
+
+// readyReason is what /readyz says about err. The relay's own reasons
+// (read-only, no broker, the broker's refusal explained) are said as they
+// are; a database error only by its class and SQLSTATE, never its raw
+// text, which names the user, the database and the hosts. The relay's log
+// has the whole error.
+func readyReason(err error) string {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, relay.ErrReadOnly), errors.Is(err, relay.ErrBrokerRefused),
+		errors.Is(err, relay.ErrBrokerUnavailable), errors.Is(err, migrations.ErrNotMigrated):
+		return err.Error()
+	case errors.As(err, &pgErr):
+		kind := "the database refuses the relay"
+		if errors.Is(err, relay.ErrPermanent) {
+			kind = "a permanent database error"
+		}
+		return fmt.Sprintf("%s (SQLSTATE %s; the log says why)", kind, pgErr.Code)
+	case errors.Is(err, relay.ErrPermanent):
+		return "a permanent database error (the log says why)"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "the database did not answer in time"
+	}
+	return "the database is unreachable (the log says why)"
 }
 
 // relayConfig maps the configuration onto the relay's.
@@ -248,6 +274,15 @@ func relayConfig(cfg config.Config, e *env, reg prometheus.Registerer, tp trace.
 	}
 }
 
+// newHTTPServer bounds what a client can hold: a request must arrive in
+// 10 s, an answer be taken in 30 s (/metrics is the largest, /readyz
+// waits 2 s at most), and an idle keep-alive connection is closed after
+// 2 min.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+}
+
 // serveHTTP serves h on addr until stop, which waits up to 5 s for
 // requests in flight.
 func serveHTTP(ctx context.Context, e *env, addr string, h http.Handler) (stop func(), err error) {
@@ -255,7 +290,7 @@ func serveHTTP(ctx context.Context, e *env, addr string, h http.Handler) (stop f
 	if err != nil {
 		return nil, fmt.Errorf("http_addr: %w", err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	srv := newHTTPServer(h)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			e.log.Error("http server failed", "err", err)

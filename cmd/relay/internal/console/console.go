@@ -96,7 +96,10 @@ func (s *Server) Run(ctx context.Context) error {
 
 // Serve serves on ln until ctx ends.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	// No write timeout: a replay answers when its rows are published,
+	// which may take minutes. Reads and idle connections are bounded.
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: 2 * time.Minute}
 	s.cfg.Logger.Info("console listening", "addr", ln.Addr().String(), "auth", s.cfg.Token != "")
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
