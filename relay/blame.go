@@ -125,9 +125,9 @@ func judge(rep *segmentReport, lone bool) judgement {
 				j.again = append(j.again, i)
 			case cause.server() && lone:
 				*o = failed(reasonConnectionLost, "the broker connection died while this row was published alone: %s", cause)
-			case rep.resetWriting != nil && !cause.left() && lone:
+			case rep.resetBlames() && lone:
 				*o = failed(reasonConnectionLost, "the broker reset the connection while this row was written alone: %v", rep.resetWriting)
-			case cause.server(), rep.resetWriting != nil && !cause.left():
+			case cause.server(), rep.resetBlames():
 				o.state = stateSuspected
 			}
 		}
@@ -184,6 +184,11 @@ func encodeFailure(err error) bool {
 	}
 	return true
 }
+
+// resetBlames reports whether the broker reset the socket while the
+// segment was written, the relay not having left the node: the rows in
+// flight are then to blame as for a hard close.
+func (r *segmentReport) resetBlames() bool { return r.resetWriting != nil && !r.cause.left() }
 
 // resetByPeer tells whether a write failed because the peer reset the
 // socket (or had already closed it). A broker that reads a frame it will
