@@ -4,7 +4,12 @@
 #         docker build --target orders-consumer -t outboxrelay-orders-consumer:dev .
 # Run:    docker compose up (see docker-compose.yml)
 
-FROM golang:1.26 AS source
+# Base images are pinned by digest, so a rebuild of a tag gets the same
+# toolchain and runtime files byte for byte; the tag is kept for readers.
+# To move to a newer image, read its digest with
+#   docker buildx imagetools inspect golang:1.26.8-bookworm
+# (or `crane digest`) and replace both (docs/operations.md, "Base images").
+FROM golang:1.26.8-bookworm@sha256:dc9ad6c05acc7a88e5b71bde60a5fe3bd4b9f0db209011711b464107438a8107 AS source
 WORKDIR /src
 # CGO off: a static binary, which the distroless static image needs (no libc).
 # No .git in the context (.dockerignore): VERSION carries the version instead.
@@ -29,14 +34,14 @@ RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     go build -trimpath -ldflags "-s -w" -o /orders-consumer ./examples/orders-consumer
 
-FROM gcr.io/distroless/static-debian12:nonroot AS orders-consumer
+FROM gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab AS orders-consumer
 COPY --from=build-orders-consumer /orders-consumer /usr/local/bin/orders-consumer
 USER 65532:65532
 # Configured by ORDERS_DATABASE_URL and ORDERS_AMQP_URL (see -help).
 ENTRYPOINT ["orders-consumer"]
 
 # The relay stays the last stage: a build without --target builds it.
-FROM gcr.io/distroless/static-debian12:nonroot AS relay
+FROM gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab AS relay
 COPY --from=build /relay /usr/local/bin/relay
 # distroless's "nonroot" user, by number: Kubernetes' runAsNonRoot can only
 # verify a numeric USER.

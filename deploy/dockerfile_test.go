@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -50,6 +51,25 @@ func TestDockerfile(t *testing.T) {
 		checkEnvNames(t, "Dockerfile stage "+s.Name, names)
 	}
 }
+
+// TestDockerfileBaseImagesArePinned checks that every stage built on an
+// image (not on an earlier stage) names it by digest, so a rebuild cannot
+// pick up whatever the tag points to that day.
+func TestDockerfileBaseImagesArePinned(t *testing.T) {
+	t.Parallel()
+	stages := parseDockerfile(t, "../Dockerfile")
+	for i, s := range stages {
+		if stageByName(stages[:i], s.BaseName) != nil {
+			continue
+		}
+		if !pinnedImage.MatchString(s.BaseName) {
+			t.Errorf("stage %q: FROM %s is not pinned by digest (want image:tag@sha256:<64 hex>)", s.Name, s.BaseName)
+		}
+	}
+}
+
+// pinnedImage is a reference with a tag and a sha256 digest.
+var pinnedImage = regexp.MustCompile(`^[^@\s]+:[\w][\w.-]*@sha256:[0-9a-f]{64}$`)
 
 func parseDockerfile(t *testing.T, path string) []instructions.Stage {
 	t.Helper()
