@@ -241,11 +241,19 @@ func CleanEnv() []string {
 // standard output.
 func ServicesCmd(t testing.TB, args ...string) string {
 	t.Helper()
+	stdout, _ := ServicesCmdLog(t, args...)
+	return stdout
+}
+
+// ServicesCmdLog is ServicesCmd that also returns what the script logged
+// (its standard error), for a test that reports how a step went.
+func ServicesCmdLog(t testing.TB, args ...string) (stdout, log string) {
+	t.Helper()
 	cmd := servicesScript(args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	var out, errs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errs
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("services.sh %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+		t.Fatalf("services.sh %s: %v\n%s%s", strings.Join(args, " "), err, out.String(), errs.String())
 	}
-	return stdout.String()
+	return out.String(), errs.String()
 }

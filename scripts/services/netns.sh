@@ -394,27 +394,32 @@ cmd_netns_up() {
 
 # netns_wait_settled DEADLINE: wait until every node sees three running nodes
 # and no partition. Under `ignore` RabbitMQ never heals a partition by itself
-# (the operator restarts the losing side): after 10 s of a healed network
-# (20 s under pause_minority, which resumes paused nodes by itself),
+# (the operator restarts the losing side): once the nodes' view of the
+# partitions has held for 3 s (and at least 20 s under pause_minority,
+# which resumes paused nodes by itself; 10 s after a restart, while the
+# restarted node rejoins),
 # restart the rabbit application of the node that reports the most
 # partitioned peers (the losing side), one node at a time so a quorum stays.
 netns_wait_settled() {
-	local deadline="$1" since=$SECONDS n c worst best wait=20
-	[ "$(cat "$(netns_mode_file)" 2>/dev/null)" != ignore ] || wait=10
+	local deadline="$1" since=$SECONDS n c worst best wait=20 seen view last= stable=$SECONDS
+	[ "$(cat "$(netns_mode_file)" 2>/dev/null)" != ignore ] || wait=2
 	until netns_settled; do
 		[ "$SECONDS" -lt "$deadline" ] || die "cluster not settled: $(netns_status_lines | tr '\n' ';')"
-		if [ $((SECONDS - since)) -ge "$wait" ]; then
-			worst= best=0
-			for n in "${NETNS_NODES[@]}"; do
-				c="$(netns_partitions "$n" | grep -c . || true)"
-				if [ "$c" -gt "$best" ]; then best="$c" worst="$n"; fi
-			done
-			if [ -n "$worst" ]; then
-				log "$(netns_node_name "$worst") still reports a partition with $(netns_partitions "$worst" | tr '\n' ' '); restarting its rabbit application"
-				nsrmq "$worst" rabbitmqctl -q stop_app >&2 || true
-				nsrmq "$worst" rabbitmqctl -q start_app >&2 || true
-			fi
-			since=$SECONDS
+		# Nodes learn of a healed partition one by one: act on a view of
+		# the partitions that has held for 3 s, not on a half-formed one.
+		worst= best=0 view=
+		for n in "${NETNS_NODES[@]}"; do
+			seen="$(netns_partitions "$n" | sort | tr '\n' ' ')"
+			view+="$n:$seen;"
+			c="$(wc -w <<<"$seen")" c="${c// /}"
+			if [ "$c" -gt "$best" ]; then best="$c" worst="$n"; fi
+		done
+		[ "$view" = "$last" ] || { last="$view" stable=$SECONDS; }
+		if [ -n "$worst" ] && [ $((SECONDS - since)) -ge "$wait" ] && [ $((SECONDS - stable)) -ge 3 ]; then
+			log "$(netns_node_name "$worst") still reports a partition with $(netns_partitions "$worst" | tr '\n' ' '); restarting its rabbit application"
+			nsrmq "$worst" rabbitmqctl -q stop_app >&2 || true
+			nsrmq "$worst" rabbitmqctl -q start_app >&2 || true
+			since=$SECONDS wait=10
 		fi
 		sleep 1
 	done

@@ -168,7 +168,9 @@ func run(t *testing.T, name string, sc scenario) {
 
 	// Under ignore a healed partition stays in RabbitMQ's view until the
 	// losing side restarts: settle before reading the queue.
-	testenv.ServicesCmd(t, "netns-heal", "--wait")
+	healStart := time.Now()
+	_, healLog := testenv.ServicesCmdLog(t, "netns-heal", "--wait")
+	t.Logf("%s: cluster settled %.1fs after the relays finished:\n%s", name, time.Since(healStart).Seconds(), strings.TrimSpace(healLog))
 	committed := make(map[string]bool, len(rows))
 	for _, r := range rows {
 		committed[r.MessageID] = true

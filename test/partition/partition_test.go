@@ -44,19 +44,19 @@ func TestRelaysNodeIsolatedIgnore(t *testing.T) {
 // The leader's node is cut off: the relays' node stays in the majority,
 // which elects a new leader.
 func TestLeaderNodeIsolated(t *testing.T) {
-	run(t, "queue leader's node isolated 30s", scenario{handling: "ignore", relays: 1, leader: 2, consume: 3,
-		fault: isolate(2, 30*time.Second)})
+	run(t, "queue leader's node isolated 20s", scenario{handling: "ignore", relays: 1, leader: 2, consume: 3,
+		fault: isolate(2, 20*time.Second)})
 }
 
 // A bridge: nodes 1 (the relays') and 2 (the leader) cannot see each other;
 // node 3 sees both.
 func TestBridge(t *testing.T) {
-	run(t, "bridge 1|2, 3 sees both, 30s", scenario{handling: "ignore", relays: 1, leader: 2, consume: 3,
+	run(t, "bridge 1|2, 3 sees both, 20s", scenario{handling: "ignore", relays: 1, leader: 2, consume: 3,
 		fault: func(ctx context.Context, h *harness) string {
 			testenv.ServicesCmd(h.t, "netns-bridge", "1", "2")
-			hold(ctx, 30*time.Second)
+			hold(ctx, 20*time.Second)
 			testenv.ServicesCmd(h.t, "netns-heal")
-			return "nodes 1 and 2 cut from each other for 30s"
+			return "nodes 1 and 2 cut from each other for 20s"
 		}})
 }
 
@@ -95,8 +95,8 @@ func TestFlapping(t *testing.T) {
 // In strict mode a key has at most one unconfirmed row: no partition can
 // let a later row of a key arrive first.
 func TestFlappingStrictOrdering(t *testing.T) {
-	run(t, "flapping 1m, strict ordering", scenario{handling: "ignore", relays: 1, leader: 2, consume: 3, strict: true,
-		fault: flapping(t, time.Minute)})
+	run(t, "flapping 45s, strict ordering", scenario{handling: "ignore", relays: 1, leader: 2, consume: 3, strict: true,
+		fault: flapping(t, 45*time.Second)})
 }
 
 // slowLink is an in-process toxiproxy in front of a node's AMQP port.
@@ -155,9 +155,9 @@ func TestSlowLossyLink(t *testing.T) {
 		},
 		fault: func(ctx context.Context, h *harness) string {
 			link.degrade(h.t, true)
-			hold(ctx, 30*time.Second)
+			hold(ctx, 20*time.Second)
 			link.degrade(h.t, false)
-			return "200ms±50ms latency each way and 2ms-per-slice delays for 30s"
+			return "200ms±50ms latency each way and 2ms-per-slice delays for 20s"
 		}})
 }
 
