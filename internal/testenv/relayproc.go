@@ -63,6 +63,7 @@ type RelayProc struct {
 	t       testing.TB
 	env     []string
 	plain   bool   // the binary as shipped, without the race detector
+	bin     string // a relay binary built elsewhere (another commit's), or "" for this checkout's
 	HTTP    string // base URL of its metrics and health endpoints
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -88,6 +89,14 @@ func StartPlainRelayProc(t testing.TB, env ...string) *RelayProc {
 	return startRelayProc(t, &RelayProc{t: t, env: env, plain: true})
 }
 
+// StartRelayProcBin is StartRelayProc with the relay binary at bin, built
+// from another commit: benchmarks run it beside this checkout's to compare
+// the two in one run.
+func StartRelayProcBin(t testing.TB, bin string, env ...string) *RelayProc {
+	t.Helper()
+	return startRelayProc(t, &RelayProc{t: t, env: env, bin: bin})
+}
+
 func startRelayProc(t testing.TB, p *RelayProc) *RelayProc {
 	t.Helper()
 	p.Start()
@@ -111,7 +120,11 @@ func (p *RelayProc) Start() {
 	addr := ln.Addr().String()
 	_ = ln.Close()
 	p.HTTP = "http://" + addr
-	cmd := exec.Command(relayBinary(p.t, raceEnabled && !p.plain), "run")
+	bin := p.bin
+	if bin == "" {
+		bin = relayBinary(p.t, raceEnabled && !p.plain)
+	}
+	cmd := exec.Command(bin, "run")
 	cmd.Env = append(CleanEnv(), append([]string{"RELAY_HTTP_ADDR=" + addr, "RELAY_LOG_FORMAT=json"}, p.env...)...)
 	cmd.Stdout, cmd.Stderr = &p.logs, &p.logs
 	if err := cmd.Start(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -22,13 +23,65 @@ type drainResult struct {
 	elapsed                time.Duration
 }
 
+// relaySpec is what a drain runs: this checkout's relay, or a binary built
+// from another commit (BENCH_BASELINE_BIN), with its settings.
+type relaySpec struct {
+	name    string // as reported
+	bin     string // "" for this checkout's relay
+	env     []string
+	deletes bool // retention: none: rows are deleted as they are published
+}
+
+// drainSpecs are the relays every drain pass runs beside the raw limit:
+// both retention modes, and with BENCH_BASELINE_BIN (a relay binary built
+// from an earlier commit) the same two on that binary, interleaved in the
+// same passes so that the machine's drift between runs cannot pass for a
+// change.
+func drainSpecs() []relaySpec {
+	none := []string{"RELAY_RETENTION=none"}
+	specs := []relaySpec{{name: "retention 168h"}, {name: "retention none", env: none, deletes: true}}
+	if bin := os.Getenv("BENCH_BASELINE_BIN"); bin != "" {
+		specs = append(specs, relaySpec{name: "baseline 168h", bin: bin},
+			relaySpec{name: "baseline none", bin: bin, env: none, deletes: true})
+	}
+	return specs
+}
+
 // drain fills n rows (over `keys` ordering keys, none if 0) in one
 // transaction while `relays` relay processes wait, commits, and times the
 // drain from the commit to the last row's published_at (both on the
 // database clock). extraEnv configures the relays.
 func drain(b *testing.B, d *bed, n, relays, keys int, extraEnv ...string) drainResult {
+	return drainSpec(b, d, n, relays, keys, relaySpec{env: extraEnv})
+}
+
+// drainSpec is drain with the relays of spec. When they delete what they
+// publish, the drain ends at the last delete, which a statement trigger
+// notes on the database clock (one row per batch).
+func drainSpec(b *testing.B, d *bed, n, relays, keys int, spec relaySpec) drainResult {
 	ctx := context.Background()
-	procs := startRelays(b, relays, relayEnv(d.dsn, d.amqpURL, extraEnv...))
+	if spec.deletes {
+		_, err := d.pool.Exec(ctx, `
+CREATE TABLE bench_deleted (at timestamptz NOT NULL);
+CREATE FUNCTION bench_note_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO bench_deleted VALUES (clock_timestamp()); RETURN NULL; END $$;
+CREATE TRIGGER bench_note_delete AFTER DELETE ON outbox FOR EACH STATEMENT EXECUTE FUNCTION bench_note_delete();`)
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	env := relayEnv(d.dsn, d.amqpURL, spec.env...)
+	procs := make([]*testenv.RelayProc, relays)
+	for i := range procs {
+		if spec.bin != "" {
+			procs[i] = testenv.StartRelayProcBin(b, spec.bin, env...)
+		} else {
+			procs[i] = testenv.StartRelayProc(b, env...)
+		}
+	}
+	for _, p := range procs {
+		waitReady(b, p)
+	}
 	tx, err := d.pool.Begin(ctx)
 	if err != nil {
 		b.Fatal(err)
@@ -64,8 +117,12 @@ func drain(b *testing.B, d *bed, n, relays, keys int, extraEnv ...string) drainR
 	rt1 := metricSum(procs, "outboxrelay_relay_database_round_trips_total")
 	wal1 := walLSN(b, d.pool)
 
-	var last time.Time
-	if err := d.pool.QueryRow(ctx, `SELECT max(published_at) FROM outbox`).Scan(&last); err != nil {
+	last := `SELECT max(published_at) FROM outbox`
+	if spec.deletes {
+		last = `SELECT max(at) FROM bench_deleted`
+	}
+	var end time.Time
+	if err := d.pool.QueryRow(ctx, last).Scan(&end); err != nil {
 		b.Fatal(err)
 	}
 	for _, p := range procs {
@@ -73,7 +130,7 @@ func drain(b *testing.B, d *bed, n, relays, keys int, extraEnv ...string) drainR
 			b.Fatalf("relay stop: %v", err)
 		}
 	}
-	elapsed := last.Sub(start)
+	elapsed := end.Sub(start)
 	perMsg := 1e6 / float64(n) // seconds for n messages -> µs per message
 	res := drainResult{
 		rate:     float64(n) / elapsed.Seconds(),
@@ -106,46 +163,62 @@ func drainOnce(b *testing.B, quorum bool, relays int) {
 	kind := map[bool]string{true: "quorum", false: "classic"}[quorum]
 
 	// This machine's speed drifts between runs, by a third at times; each
-	// pass measures the raw limit and the relay back to back, and the
-	// median pass is the figure.
+	// pass measures the raw limit and then every spec's drain, and the
+	// median pass is the figure. The specs take turns going first.
 	repeat := envInt("BENCH_REPEAT", 3)
 	type pass struct {
 		res   drainResult
 		raw   float64
 		ratio float64
 	}
-	var passes []pass
+	specs := drainSpecs()
+	passes := make([][]pass, len(specs))
 	for i := range repeat {
 		d := newBed(b, quorum)
 		raw, rawMQ, rawClient := rawLimit(b, d.amqpURL, d.queue, n)
 		purge(b, d.ch, d.queue)
-		res := drain(b, d, n, relays, 0)
-		purge(b, d.ch, d.queue)
-		report("drain    %-7s %d relay(s), pass %d/%d: %d rows in %.2fs = %6.0f msg/s | raw broker limit %6.0f msg/s | ratio %.2f",
-			kind, relays, i+1, repeat, n, res.elapsed.Seconds(), res.rate, raw, res.rate/raw)
-		report("         cost per msg: CPU µs relay %.1f, postgres %.1f, rabbitmq %.1f = %.1f (raw run: publisher %.1f, rabbitmq %.1f = %.1f) | WAL %.0f bytes | %.4f db round trips",
-			res.relayCPU, res.pgCPU, res.mqCPU, res.relayCPU+res.pgCPU+res.mqCPU,
-			rawClient*1e6/float64(n), rawMQ*1e6/float64(n), (rawClient+rawMQ)*1e6/float64(n), res.walBytes, res.roundTrips)
-		passes = append(passes, pass{res, raw, res.rate / raw})
+		report("drain    %-7s pass %d/%d: raw broker limit %6.0f msg/s (CPU µs per msg: publisher %.1f, rabbitmq %.1f)",
+			kind, i+1, repeat, raw, rawClient*1e6/float64(n), rawMQ*1e6/float64(n))
+		for j := range specs {
+			k := (i + j) % len(specs)
+			spec := specs[k]
+			if j > 0 {
+				d = newBed(b, quorum)
+			}
+			res := drainSpec(b, d, n, relays, 0, spec)
+			purge(b, d.ch, d.queue)
+			report("drain    %-7s %d relay(s), %-14s pass %d/%d: %d rows in %.2fs = %6.0f msg/s, ratio %.2f | CPU µs per msg: relay %.1f, postgres %.1f, rabbitmq %.1f | WAL %.0f bytes | %.4f db round trips",
+				kind, relays, spec.name, i+1, repeat, n, res.elapsed.Seconds(), res.rate, res.rate/raw,
+				res.relayCPU, res.pgCPU, res.mqCPU, res.walBytes, res.roundTrips)
+			passes[k] = append(passes[k], pass{res, raw, res.rate / raw})
+		}
 	}
-	slices.SortFunc(passes, func(x, y pass) int { return cmp.Compare(x.ratio, y.ratio) })
-	ratios := make([]float64, len(passes))
-	for i, p := range passes {
-		ratios[i] = p.ratio
+	for k, spec := range specs {
+		ps := passes[k]
+		slices.SortFunc(ps, func(x, y pass) int { return cmp.Compare(x.ratio, y.ratio) })
+		ratios := make([]float64, len(ps))
+		for i, p := range ps {
+			ratios[i] = p.ratio
+		}
+		med := ps[len(ps)/2]
+		relayCPU := median(ps, func(p pass) float64 { return p.res.relayCPU })
+		pgCPU := median(ps, func(p pass) float64 { return p.res.pgCPU })
+		mqCPU := median(ps, func(p pass) float64 { return p.res.mqCPU })
+		wal := median(ps, func(p pass) float64 { return p.res.walBytes })
+		trips := median(ps, func(p pass) float64 { return p.res.roundTrips })
+		report("COST     %-7s %d relay(s), %-14s | CPU µs per msg (median of %d passes): relay %4.1f, postgres %4.1f, rabbitmq %4.1f | WAL %4.0f bytes/msg | %.4f db round trips/msg | median pass %6.0f msg/s, raw %6.0f, ratio %.2f (passes: %s)",
+			kind, relays, spec.name, len(ps), relayCPU, pgCPU, mqCPU, wal, trips, med.res.rate, med.raw, med.ratio, fmtList(ratios))
+		if k == 0 {
+			b.ReportMetric(med.res.rate, "msg/s")
+			b.ReportMetric(med.raw, "raw_msg/s")
+			b.ReportMetric(med.ratio, "ratio")
+			b.ReportMetric(relayCPU, "relay_cpu_µs/msg")
+			b.ReportMetric(pgCPU, "pg_cpu_µs/msg")
+			b.ReportMetric(wal, "wal_bytes/msg")
+			b.ReportMetric(trips, "round_trips/msg")
+			b.ReportMetric(0, "ns/op")
+		}
 	}
-	med := passes[len(passes)/2]
-	report("drain    %-7s %d relay(s): median pass %6.0f msg/s, raw %6.0f msg/s, ratio %.2f (all passes: %s); per msg (median of passes): CPU µs relay %.1f, postgres %.1f, rabbitmq %.1f | WAL %.0f bytes",
-		kind, relays, med.res.rate, med.raw, med.ratio, fmtList(ratios),
-		median(passes, func(p pass) float64 { return p.res.relayCPU }), median(passes, func(p pass) float64 { return p.res.pgCPU }),
-		median(passes, func(p pass) float64 { return p.res.mqCPU }), median(passes, func(p pass) float64 { return p.res.walBytes }))
-	b.ReportMetric(med.res.rate, "msg/s")
-	b.ReportMetric(med.raw, "raw_msg/s")
-	b.ReportMetric(med.ratio, "ratio")
-	b.ReportMetric(median(passes, func(p pass) float64 { return p.res.relayCPU }), "relay_cpu_µs/msg")
-	b.ReportMetric(median(passes, func(p pass) float64 { return p.res.pgCPU }), "pg_cpu_µs/msg")
-	b.ReportMetric(median(passes, func(p pass) float64 { return p.res.walBytes }), "wal_bytes/msg")
-	b.ReportMetric(med.res.roundTrips, "round_trips/msg")
-	b.ReportMetric(0, "ns/op")
 }
 
 // median is the median of f over xs (the upper one of an even count).
