@@ -379,12 +379,20 @@ func (r *Relay) Ready(ctx context.Context) error {
 	return nil
 }
 
+// statsQueryTimeout is the least time the stats query is given.
+const statsQueryTimeout = 5 * time.Second
+
 // stats refreshes the backlog gauges until ctx ends.
 func (r *Relay) stats(ctx context.Context) {
 	t := time.NewTicker(r.cfg.StatsInterval)
 	defer t.Stop()
+	// The query may take longer than a short interval on a busy database:
+	// cutting it at the interval would then fail every round and no
+	// progress line would ever be written. Ticks missed meanwhile are
+	// dropped, so a slow query never piles up.
+	timeout := max(r.cfg.StatsInterval, statsQueryTimeout)
 	for {
-		qctx, cancel := context.WithTimeout(ctx, r.cfg.StatsInterval)
+		qctx, cancel := context.WithTimeout(ctx, timeout)
 		st, err := ReadStatus(qctx, r.pool)
 		cancel()
 		if r.cfg.OrderingPolicy == OrderingSkip {
