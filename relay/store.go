@@ -340,20 +340,24 @@ type claimArgs struct {
 func claim(ctx context.Context, tx pgx.Tx, a claimArgs) (out []claimed, keys bool, _ error) {
 	b := &pgx.Batch{}
 	collect := func(rows pgx.Rows) error {
-		var cerr error
-		out, cerr = pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
-			var c claimed
-			err := row.Scan(&c.id, &c.head, &c.ok, &c.messageID, &c.exchange, &c.routingKey, &c.payload, &c.size,
+		defer rows.Close()
+		// Sized for the batch up front, not grown row by row.
+		out = make([]claimed, 0, a.batchRows)
+		for rows.Next() {
+			out = append(out, claimed{})
+			c := &out[len(out)-1]
+			if err := rows.Scan(&c.id, &c.head, &c.ok, &c.messageID, &c.exchange, &c.routingKey, &c.payload, &c.size,
 				&c.contentType, &c.headers, &c.createdAt, &c.attempts, &c.key, &c.suspected,
 				&c.props.typ, &c.props.correlationID, &c.props.replyTo, &c.props.expiration, &c.props.priority, &c.props.appID,
-				&c.extra)
+				&c.extra); err != nil {
+				return err
+			}
 			c.props.orderingKey = c.key
-			if err == nil && c.headers != nil && c.payload == nil {
+			if c.headers != nil && c.payload == nil {
 				c.payload = []byte{} // brought inline, and empty (headers are never NULL)
 			}
-			return c, err
-		})
-		return cerr
+		}
+		return rows.Err()
 	}
 	if a.unkeyedOnly {
 		b.Queue(claimUnkeyed, a.batchRows, a.fromID, a.maxPayload, a.maxBytes).Query(collect)

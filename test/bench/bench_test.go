@@ -252,6 +252,22 @@ func procCPU(pid int) float64 {
 	return (ut + st) / clockTicks
 }
 
+// peakRSS is the largest resident set process pid has had, in MiB
+// (VmHWM), or 0 if it cannot be read.
+func peakRSS(pid int) float64 {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
 // cpuOf sums the CPU seconds of every process whose command is comm
 // (postgres, beam.smp). Processes that exit between two readings take
 // their time with them, so read it around phases where the set is stable.

@@ -21,6 +21,7 @@ type drainResult struct {
 	roundTrips             float64 // database round trips per message
 	tableBytes, deadTuples int64   // after the drain
 	elapsed                time.Duration
+	peakRSS                float64 // MiB, the largest resident set of the relays
 }
 
 // relaySpec is what a drain runs: this checkout's relay, or a binary built
@@ -125,6 +126,10 @@ CREATE TRIGGER bench_note_delete AFTER DELETE ON outbox FOR EACH STATEMENT EXECU
 	if err := d.pool.QueryRow(ctx, last).Scan(&end); err != nil {
 		b.Fatal(err)
 	}
+	var rss float64
+	for _, pid := range pids {
+		rss = max(rss, peakRSS(pid))
+	}
 	for _, p := range procs {
 		if err := p.Stop(); err != nil {
 			b.Fatalf("relay stop: %v", err)
@@ -138,6 +143,7 @@ CREATE TRIGGER bench_note_delete AFTER DELETE ON outbox FOR EACH STATEMENT EXECU
 		walBytes:   (wal1 - wal0) / float64(n),
 		roundTrips: (rt1 - rt0) / float64(n),
 		elapsed:    elapsed,
+		peakRSS:    rss,
 	}
 	res.tableBytes, res.deadTuples = tableSize(b, d.pool)
 	return res
@@ -187,9 +193,9 @@ func drainOnce(b *testing.B, quorum bool, relays int) {
 			}
 			res := drainSpec(b, d, n, relays, 0, spec)
 			purge(b, d.ch, d.queue)
-			report("drain    %-7s %d relay(s), %-14s pass %d/%d: %d rows in %.2fs = %6.0f msg/s, ratio %.2f | CPU µs per msg: relay %.1f, postgres %.1f, rabbitmq %.1f | WAL %.0f bytes | %.4f db round trips",
+			report("drain    %-7s %d relay(s), %-14s pass %d/%d: %d rows in %.2fs = %6.0f msg/s, ratio %.2f | CPU µs per msg: relay %.1f, postgres %.1f, rabbitmq %.1f | WAL %.0f bytes | %.4f db round trips | relay peak RSS %.0f MiB",
 				kind, relays, spec.name, i+1, repeat, n, res.elapsed.Seconds(), res.rate, res.rate/raw,
-				res.relayCPU, res.pgCPU, res.mqCPU, res.walBytes, res.roundTrips)
+				res.relayCPU, res.pgCPU, res.mqCPU, res.walBytes, res.roundTrips, res.peakRSS)
 			passes[k] = append(passes[k], pass{res, raw, res.rate / raw})
 		}
 	}
@@ -206,8 +212,9 @@ func drainOnce(b *testing.B, quorum bool, relays int) {
 		mqCPU := median(ps, func(p pass) float64 { return p.res.mqCPU })
 		wal := median(ps, func(p pass) float64 { return p.res.walBytes })
 		trips := median(ps, func(p pass) float64 { return p.res.roundTrips })
-		report("COST     %-7s %d relay(s), %-14s | CPU µs per msg (median of %d passes): relay %4.1f, postgres %4.1f, rabbitmq %4.1f | WAL %4.0f bytes/msg | %.4f db round trips/msg | median pass %6.0f msg/s, raw %6.0f, ratio %.2f (passes: %s)",
-			kind, relays, spec.name, len(ps), relayCPU, pgCPU, mqCPU, wal, trips, med.res.rate, med.raw, med.ratio, fmtList(ratios))
+		rss := median(ps, func(p pass) float64 { return p.res.peakRSS })
+		report("COST     %-7s %d relay(s), %-14s | CPU µs per msg (median of %d passes): relay %4.1f, postgres %4.1f, rabbitmq %4.1f | WAL %4.0f bytes/msg | %.4f db round trips/msg | peak RSS %.0f MiB | median pass %6.0f msg/s, raw %6.0f, ratio %.2f (passes: %s)",
+			kind, relays, spec.name, len(ps), relayCPU, pgCPU, mqCPU, wal, trips, rss, med.res.rate, med.raw, med.ratio, fmtList(ratios))
 		if k == 0 {
 			b.ReportMetric(med.res.rate, "msg/s")
 			b.ReportMetric(med.raw, "raw_msg/s")
