@@ -31,6 +31,10 @@ type relaySpec struct {
 	bin     string // "" for this checkout's relay
 	env     []string
 	deletes bool // retention: none: rows are deleted as they are published
+	// setup is SQL run on the bed's schema before the fill: for a
+	// baseline, BENCH_BASELINE_SQL undoes a schema change (a migration)
+	// the baseline's commit did not have.
+	setup string
 }
 
 // drainSpecs are the relays every drain pass runs beside the raw limit:
@@ -42,8 +46,9 @@ func drainSpecs() []relaySpec {
 	none := []string{"RELAY_RETENTION=none"}
 	specs := []relaySpec{{name: "retention 168h"}, {name: "retention none", env: none, deletes: true}}
 	if bin := os.Getenv("BENCH_BASELINE_BIN"); bin != "" {
-		specs = append(specs, relaySpec{name: "baseline 168h", bin: bin},
-			relaySpec{name: "baseline none", bin: bin, env: none, deletes: true})
+		sql := os.Getenv("BENCH_BASELINE_SQL")
+		specs = append(specs, relaySpec{name: "baseline 168h", bin: bin, setup: sql},
+			relaySpec{name: "baseline none", bin: bin, env: none, deletes: true, setup: sql})
 	}
 	return specs
 }
@@ -69,6 +74,11 @@ BEGIN INSERT INTO bench_deleted VALUES (clock_timestamp()); RETURN NULL; END $$;
 CREATE TRIGGER bench_note_delete AFTER DELETE ON outbox FOR EACH STATEMENT EXECUTE FUNCTION bench_note_delete();`)
 		if err != nil {
 			b.Fatal(err)
+		}
+	}
+	if spec.setup != "" {
+		if _, err := d.pool.Exec(ctx, spec.setup); err != nil {
+			b.Fatalf("%s: setup %q: %v", spec.name, spec.setup, err)
 		}
 	}
 	env := relayEnv(d.dsn, d.amqpURL, spec.env...)
