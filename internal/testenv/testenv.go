@@ -434,18 +434,48 @@ func ConsumeDistinct(t testing.TB, ch *amqp.Channel, queue string, n int, deadli
 	return order
 }
 
+// LedgerTable is the table Ledger keeps.
+const LedgerTable = "outbox_ledger"
+
+// Ledger keeps, in the schema of pool, a copy of every outbox row's
+// message id, id and ordering key as it commits (an AFTER INSERT trigger,
+// so the id is the one the row got and a rolled-back insert leaves no
+// entry). A relay with retention: none deletes what it publishes; the
+// ledger is what a test then judges deliveries and order against.
+func Ledger(t testing.TB, pool *pgxpool.Pool) {
+	t.Helper()
+	if _, err := pool.Exec(context.Background(), `
+CREATE TABLE `+LedgerTable+` (message_id uuid NOT NULL, id bigint NOT NULL, ordering_key text);
+CREATE FUNCTION outbox_ledger_note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO `+LedgerTable+` SELECT n.message_id, n.id, n.ordering_key FROM new_rows n;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER outbox_ledger_note AFTER INSERT ON outbox REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_ledger_note();`); err != nil {
+		t.Fatalf("ledger: %v", err)
+	}
+}
+
 // OrderViolations judges arrivals (message ids in order of first arrival)
 // against the outbox: for each ordering key, a message whose row id is
 // lower than one already seen for its key is a violation. It also returns
 // how many keys it judged.
 func OrderViolations(t testing.TB, pool *pgxpool.Pool, arrivals []string) (violations, keys int) {
 	t.Helper()
+	return OrderViolationsIn(t, pool, "outbox", arrivals)
+}
+
+// OrderViolationsIn is OrderViolations against table, the outbox or its
+// Ledger.
+func OrderViolationsIn(t testing.TB, pool *pgxpool.Pool, table string, arrivals []string) (violations, keys int) {
+	t.Helper()
 	type row struct {
 		id  int64
 		key string
 	}
 	rows, err := pool.Query(context.Background(),
-		`SELECT message_id::text, id, ordering_key FROM outbox WHERE ordering_key IS NOT NULL`)
+		`SELECT message_id::text, id, ordering_key FROM `+table+` WHERE ordering_key IS NOT NULL`)
 	if err != nil {
 		t.Fatal(err)
 	}

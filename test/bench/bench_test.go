@@ -235,21 +235,34 @@ SELECT pg_total_relation_size('outbox'::regclass),
 const clockTicks = 100
 
 // procCPU is the user+system CPU seconds of one process.
-func procCPU(pid int) float64 {
+func procCPU(pid int) float64 { return statSeconds(pid, 11) }
+
+// reapedCPU is the user+system CPU seconds of the children process pid
+// has reaped (cutime and cstime).
+func reapedCPU(pid int) float64 { return statSeconds(pid, 13) }
+
+// statFields are the fields of /proc/<pid>/stat after the command name,
+// which is in parentheses and may hold spaces: fields[0] is the state
+// (field 3), fields[1] the parent, fields[11] and [12] utime and stime
+// (14 and 15), fields[13] and [14] cutime and cstime. nil if pid is gone.
+func statFields(pid int) []string {
 	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
-		return 0
+		return nil
 	}
-	// Fields after the command name, which is in parentheses and may hold
-	// spaces: state is field 3, utime 14, stime 15.
 	s := string(data)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(fields) < 13 {
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+}
+
+// statSeconds is the sum of the two clock-tick fields from i, in seconds.
+func statSeconds(pid, i int) float64 {
+	fields := statFields(pid)
+	if len(fields) < i+2 {
 		return 0
 	}
-	ut, _ := strconv.ParseFloat(fields[11], 64)
-	st, _ := strconv.ParseFloat(fields[12], 64)
-	return (ut + st) / clockTicks
+	a, _ := strconv.ParseFloat(fields[i], 64)
+	b, _ := strconv.ParseFloat(fields[i+1], 64)
+	return (a + b) / clockTicks
 }
 
 // peakRSS is the largest resident set process pid has had, in MiB

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,7 +52,10 @@ func (s slot) pgCPU() float64 {
 	if s.postmaster == 0 {
 		return cpuOf("postgres")
 	}
-	sum := procCPU(s.postmaster)
+	// A backend that exited since the last reading takes its time out of
+	// the sum of the live ones; the postmaster, which reaped it, holds it
+	// in its children's time instead.
+	sum := procCPU(s.postmaster) + reapedCPU(s.postmaster)
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
@@ -74,12 +76,7 @@ func (s slot) mqCPU() float64 {
 
 // parentPid is a process's parent (field 4 of /proc/<pid>/stat), 0 if gone.
 func parentPid(pid int) int {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return 0
-	}
-	s := string(data)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	fields := statFields(pid)
 	if len(fields) < 2 {
 		return 0
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -75,9 +76,17 @@ func run(t *testing.T, name string, d drain, fault func(ctx context.Context, h *
 	h := &harness{t: t, pool: testenv.Pool(t, dsn)}
 	_, ch := testenv.AMQP(t, strings.Split(d.consume, ",")[0])
 	h.queue = testenv.Queue(t, ch, true)
+	// What was committed is judged against a ledger: the second relay (and
+	// every other one) runs with retention: none, deleting what it
+	// publishes, so that both modes go through every fault side by side.
+	testenv.Ledger(t, h.pool)
 	settings := append(append([]string{"RELAY_DATABASE_URL=" + dsn, "RELAY_AMQP_URL=" + d.amqpURL}, relaySettings...), d.extra...)
-	for range d.relays {
-		h.relays = append(h.relays, testenv.StartRelayProc(t, settings...))
+	for i := range d.relays {
+		s := settings
+		if i%2 == 1 {
+			s = append(slices.Clone(settings), "RELAY_RETENTION=none")
+		}
+		h.relays = append(h.relays, testenv.StartRelayProc(t, s...))
 	}
 
 	start := time.Now()
@@ -94,7 +103,7 @@ func run(t *testing.T, name string, d drain, fault func(ctx context.Context, h *
 	elapsed := time.Since(start)
 
 	committed := map[string]bool{}
-	rows, err := h.pool.Query(context.Background(), `SELECT message_id::text FROM outbox`)
+	rows, err := h.pool.Query(context.Background(), `SELECT message_id::text FROM `+testenv.LedgerTable)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,6 +138,14 @@ func run(t *testing.T, name string, d drain, fault func(ctx context.Context, h *
 	t.Log(line)
 	if lost > 0 {
 		t.Errorf("%s: %d of %d committed rows never arrived", name, lost, len(committed))
+	}
+	var kept int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox`).Scan(&kept); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: %d of %d rows deleted at publish (retention: none), %d kept", name, len(committed)-kept, len(committed), kept)
+	if d.relays > 1 && kept == len(committed) {
+		t.Errorf("%s: no row was deleted at publish: the retention: none relay published nothing", name)
 	}
 	// Duplicates come only from batches in flight when a fault hit: at most
 	// every worker's batch on every relay, per fault.
