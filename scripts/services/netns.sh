@@ -397,31 +397,61 @@ cmd_netns_up() {
 # (the operator restarts the losing side): once the nodes' view of the
 # partitions has held for 3 s (and at least 20 s under pause_minority,
 # which resumes paused nodes by itself; 10 s after a restart, while the
-# restarted node rejoins),
-# restart the rabbit application of the node that reports the most
-# partitioned peers (the losing side), one node at a time so a quorum stays.
+# restarted nodes rejoin), restart the rabbit application of the losing
+# side (netns_losers), those nodes at once: after a flapping partition
+# every node may report one, and restarting them one by one took a minute.
+# At least one node always stays up.
 netns_wait_settled() {
-	local deadline="$1" since=$SECONDS n c worst best wait=20 seen view last= stable=$SECONDS
+	local deadline="$1" since=$SECONDS n wait=20 view last= stable=$SECONDS losers
 	[ "$(cat "$(netns_mode_file)" 2>/dev/null)" != ignore ] || wait=2
 	until netns_settled; do
 		[ "$SECONDS" -lt "$deadline" ] || die "cluster not settled: $(netns_status_lines | tr '\n' ';')"
 		# Nodes learn of a healed partition one by one: act on a view of
 		# the partitions that has held for 3 s, not on a half-formed one.
-		worst= best=0 view=
+		view=
 		for n in "${NETNS_NODES[@]}"; do
-			seen="$(netns_partitions "$n" | sort | tr '\n' ' ')"
-			view+="$n:$seen;"
-			c="$(wc -w <<<"$seen")" c="${c// /}"
-			if [ "$c" -gt "$best" ]; then best="$c" worst="$n"; fi
+			view+="$n:$(netns_partitions "$n" | sort | tr '\n' ' ');"
 		done
 		[ "$view" = "$last" ] || { last="$view" stable=$SECONDS; }
-		if [ -n "$worst" ] && [ $((SECONDS - since)) -ge "$wait" ] && [ $((SECONDS - stable)) -ge 3 ]; then
-			log "$(netns_node_name "$worst") still reports a partition with $(netns_partitions "$worst" | tr '\n' ' '); restarting its rabbit application"
-			nsrmq "$worst" rabbitmqctl -q stop_app >&2 || true
-			nsrmq "$worst" rabbitmqctl -q start_app >&2 || true
-			since=$SECONDS wait=10
+		if [ $((SECONDS - since)) -ge "$wait" ] && [ $((SECONDS - stable)) -ge 3 ]; then
+			losers="$(netns_losers)"
+			if [ -n "$losers" ]; then
+				for n in $losers; do
+					log "$(netns_node_name "$n") still reports a partition with $(netns_partitions "$n" | tr '\n' ' '); restarting its rabbit application"
+					{ nsrmq "$n" rabbitmqctl -q stop_app >&2 || true; nsrmq "$n" rabbitmqctl -q start_app >&2 || true; } &
+				done
+				wait
+				since=$SECONDS wait=10
+			fi
 		fi
 		sleep 1
+	done
+}
+
+# netns_losers: the nodes to restart, one per line: the node that reports
+# the most partitioned peers, then, of the rest, the one that reports the
+# most peers not yet chosen, and so on while a node left reports a
+# partition with another node left. One node cut off from two gives just
+# itself; a cluster where every node saw the others as partitioned gives
+# two of the three.
+netns_losers() {
+	local n m c best pick chosen=" "
+	local -A peers=()
+	for n in "${NETNS_NODES[@]}"; do peers[$n]=" $(netns_partitions "$n" | tr '\n' ' ') "; done
+	while :; do
+		best=0 pick=
+		for n in "${NETNS_NODES[@]}"; do
+			[[ "$chosen" == *" $n "* ]] && continue
+			c=0
+			for m in "${NETNS_NODES[@]}"; do
+				[[ "$chosen" == *" $m "* ]] && continue
+				[[ "${peers[$n]}" == *" $(netns_node_name "$m") "* ]] && c=$((c + 1))
+			done
+			if [ "$c" -gt "$best" ]; then best="$c" pick="$n"; fi
+		done
+		[ -n "$pick" ] || break
+		chosen+="$pick "
+		echo "$pick"
 	done
 }
 

@@ -1,10 +1,13 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,18 +55,78 @@ func (s slot) pgCPU() float64 {
 	if s.postmaster == 0 {
 		return cpuOf("postgres")
 	}
-	// A backend that exited since the last reading takes its time out of
-	// the sum of the live ones; the postmaster, which reaped it, holds it
-	// in its children's time instead.
-	sum := procCPU(s.postmaster) + reapedCPU(s.postmaster)
+	var sum float64
+	for _, v := range s.pgCPUParts() {
+		sum += v
+	}
+	return sum
+}
+
+// pgCPUParts splits pgCPU by the kind of process, from its title:
+// "backends" (client connections: the relays' and the bench's), each
+// background process by name ("autovacuum launcher", "walwriter",
+// "checkpointer", ...), and "reaped": processes that exited since the
+// server started, whose time the postmaster holds in its children's time
+// (autovacuum workers, which exit after each table, and closed
+// connections). The postmaster's own time is "postmaster".
+func (s slot) pgCPUParts() map[string]float64 {
+	if s.postmaster == 0 {
+		return nil // not found: pgCPU reads every postgres process
+	}
+	parts := map[string]float64{
+		"postmaster": procCPU(s.postmaster),
+		"reaped":     reapedCPU(s.postmaster),
+	}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err == nil && parentPid(pid) == s.postmaster {
-			sum += procCPU(pid)
+			parts[pgProcessKind(pid)] += procCPU(pid)
 		}
 	}
-	return sum
+	return parts
+}
+
+// pgProcessKind names a PostgreSQL child by its title ("postgres:
+// walwriter", "postgres: autovacuum worker", "postgres: outbox outbox
+// 127.0.0.1(5432) idle"): a background process by its name, any other as
+// a backend.
+func pgProcessKind(pid int) string {
+	data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	title := strings.TrimPrefix(strings.TrimRight(string(data), "\x00"), "postgres: ")
+	for _, bg := range []string{"autovacuum worker", "autovacuum launcher", "walwriter", "checkpointer",
+		"background writer", "logical replication launcher", "archiver", "stats collector"} {
+		if strings.HasPrefix(title, bg) {
+			return bg
+		}
+	}
+	return "backends"
+}
+
+// cpuDelta is after - before per part, in µs per message of n, the
+// parts that took less than 0.05 µs left out.
+func cpuDelta(before, after map[string]float64, n int) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range after {
+		if d := (v - before[k]) * 1e6 / float64(n); d >= 0.05 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+// fmtParts prints parts largest first: "backends 20.1, reaped 2.0".
+func fmtParts(parts map[string]float64) string {
+	keys := make([]string, 0, len(parts))
+	for k := range parts {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int { return cmp.Compare(parts[b], parts[a]) })
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = fmt.Sprintf("%s %.1f", k, parts[k])
+	}
+	return strings.Join(out, ", ")
 }
 
 // mqCPU is the CPU seconds of the slot's RabbitMQ node.

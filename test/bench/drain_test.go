@@ -21,7 +21,8 @@ type drainResult struct {
 	roundTrips             float64 // database round trips per message
 	tableBytes, deadTuples int64   // after the drain
 	elapsed                time.Duration
-	peakRSS                float64 // MiB, the largest resident set of the relays
+	peakRSS                float64            // MiB, the largest resident set of the relays
+	pgParts                map[string]float64 // pgCPU by kind of process (pgCPUParts)
 }
 
 // relaySpec is what a drain runs: this checkout's relay, or a binary built
@@ -115,6 +116,7 @@ CREATE TRIGGER bench_note_delete AFTER DELETE ON outbox FOR EACH STATEMENT EXECU
 	settle()
 	rt0 := metricSum(procs, "outboxrelay_relay_database_round_trips_total")
 	wal0 := walLSN(b, d.pool)
+	parts0 := svc.pgCPUParts()
 	cpu0, pg0, mq0 := relayCPU(), svc.pgCPU(), svc.mqCPU()
 	if err := tx.Commit(ctx); err != nil {
 		b.Fatal(err)
@@ -125,6 +127,7 @@ CREATE TRIGGER bench_note_delete AFTER DELETE ON outbox FOR EACH STATEMENT EXECU
 		return metricSum(procs, "outboxrelay_relay_published_total") >= float64(n), nil
 	})
 	cpu1, pg1, mq1 := relayCPU(), svc.pgCPU(), svc.mqCPU()
+	parts1 := svc.pgCPUParts()
 	rt1 := metricSum(procs, "outboxrelay_relay_database_round_trips_total")
 	wal1 := walLSN(b, d.pool)
 
@@ -154,6 +157,7 @@ CREATE TRIGGER bench_note_delete AFTER DELETE ON outbox FOR EACH STATEMENT EXECU
 		roundTrips: (rt1 - rt0) / float64(n),
 		elapsed:    elapsed,
 		peakRSS:    rss,
+		pgParts:    cpuDelta(parts0, parts1, n),
 	}
 	res.tableBytes, res.deadTuples = tableSize(b, d.pool)
 	return res
@@ -203,9 +207,9 @@ func drainOnce(b *testing.B, quorum bool, relays int) {
 			}
 			res := drainSpec(b, d, n, relays, 0, spec)
 			purge(b, d.ch, d.queue)
-			report("drain    %-7s %d relay(s), %-14s pass %d/%d: %d rows in %.2fs = %6.0f msg/s, ratio %.2f | CPU µs per msg: relay %.1f, postgres %.1f, rabbitmq %.1f | WAL %.0f bytes | %.4f db round trips | relay peak RSS %.0f MiB",
+			report("drain    %-7s %d relay(s), %-14s pass %d/%d: %d rows in %.2fs = %6.0f msg/s, ratio %.2f | CPU µs per msg: relay %.1f, postgres %.1f, rabbitmq %.1f | WAL %.0f bytes | %.4f db round trips | relay peak RSS %.0f MiB | postgres by process: %s",
 				kind, relays, spec.name, i+1, repeat, n, res.elapsed.Seconds(), res.rate, res.rate/raw,
-				res.relayCPU, res.pgCPU, res.mqCPU, res.walBytes, res.roundTrips, res.peakRSS)
+				res.relayCPU, res.pgCPU, res.mqCPU, res.walBytes, res.roundTrips, res.peakRSS, fmtParts(res.pgParts))
 			passes[k] = append(passes[k], pass{res, raw, res.rate / raw})
 		}
 	}
