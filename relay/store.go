@@ -341,8 +341,8 @@ func claim(ctx context.Context, tx pgx.Tx, a claimArgs) (out []claimed, keys boo
 	b := &pgx.Batch{}
 	collect := func(rows pgx.Rows) error {
 		defer rows.Close()
-		// Sized for the batch up front, not grown row by row.
-		out = make([]claimed, 0, a.batchRows)
+		// Grown as rows come, not sized for a whole batch: a steady
+		// trickle claims a few rows at a time.
 		for rows.Next() {
 			out = append(out, claimed{})
 			c := &out[len(out)-1]
