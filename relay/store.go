@@ -340,24 +340,20 @@ type claimArgs struct {
 func claim(ctx context.Context, tx pgx.Tx, a claimArgs) (out []claimed, keys bool, _ error) {
 	b := &pgx.Batch{}
 	collect := func(rows pgx.Rows) error {
-		defer rows.Close()
-		// Grown as rows come, not sized for a whole batch: a steady
-		// trickle claims a few rows at a time.
-		for rows.Next() {
-			out = append(out, claimed{})
-			c := &out[len(out)-1]
-			if err := rows.Scan(&c.id, &c.head, &c.ok, &c.messageID, &c.exchange, &c.routingKey, &c.payload, &c.size,
+		var cerr error
+		out, cerr = pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
+			var c claimed
+			err := row.Scan(&c.id, &c.head, &c.ok, &c.messageID, &c.exchange, &c.routingKey, &c.payload, &c.size,
 				&c.contentType, &c.headers, &c.createdAt, &c.attempts, &c.key, &c.suspected,
 				&c.props.typ, &c.props.correlationID, &c.props.replyTo, &c.props.expiration, &c.props.priority, &c.props.appID,
-				&c.extra); err != nil {
-				return err
-			}
+				&c.extra)
 			c.props.orderingKey = c.key
-			if c.headers != nil && c.payload == nil {
+			if err == nil && c.headers != nil && c.payload == nil {
 				c.payload = []byte{} // brought inline, and empty (headers are never NULL)
 			}
-		}
-		return rows.Err()
+			return c, err
+		})
+		return cerr
 	}
 	if a.unkeyedOnly {
 		b.Queue(claimUnkeyed, a.batchRows, a.fromID, a.maxPayload, a.maxBytes).Query(collect)

@@ -51,12 +51,16 @@ func services(b *testing.B, pool *pgxpool.Pool) slot {
 // children (backends, walwriter, checkpointer, autovacuum). A backend that
 // exits takes its time with it: read around phases where the relays'
 // connections stay open.
-func (s slot) pgCPU() float64 {
+func (s slot) pgCPU() float64 { return s.pgCPUOf(s.pgCPUParts()) }
+
+// pgCPUOf is pgCPU from a reading of pgCPUParts, so that one scan of
+// /proc gives both.
+func (s slot) pgCPUOf(parts map[string]float64) float64 {
 	if s.postmaster == 0 {
 		return cpuOf("postgres")
 	}
 	var sum float64
-	for _, v := range s.pgCPUParts() {
+	for _, v := range parts {
 		sum += v
 	}
 	return sum

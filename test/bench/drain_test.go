@@ -117,7 +117,7 @@ CREATE TRIGGER bench_note_delete AFTER DELETE ON outbox FOR EACH STATEMENT EXECU
 	rt0 := metricSum(procs, "outboxrelay_relay_database_round_trips_total")
 	wal0 := walLSN(b, d.pool)
 	parts0 := svc.pgCPUParts()
-	cpu0, pg0, mq0 := relayCPU(), svc.pgCPU(), svc.mqCPU()
+	cpu0, pg0, mq0 := relayCPU(), svc.pgCPUOf(parts0), svc.mqCPU()
 	if err := tx.Commit(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -126,8 +126,8 @@ CREATE TRIGGER bench_note_delete AFTER DELETE ON outbox FOR EACH STATEMENT EXECU
 	testenv.Eventually(b, 10*time.Minute, "every row published", func() (bool, error) {
 		return metricSum(procs, "outboxrelay_relay_published_total") >= float64(n), nil
 	})
-	cpu1, pg1, mq1 := relayCPU(), svc.pgCPU(), svc.mqCPU()
 	parts1 := svc.pgCPUParts()
+	cpu1, pg1, mq1 := relayCPU(), svc.pgCPUOf(parts1), svc.mqCPU()
 	rt1 := metricSum(procs, "outboxrelay_relay_database_round_trips_total")
 	wal1 := walLSN(b, d.pool)
 
