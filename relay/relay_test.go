@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -445,4 +446,54 @@ func TestRunReturnsPromptlyWhenCancelled(t *testing.T) {
 	})
 	cancel()
 	wg.Wait() // goleak in TestMain checks nothing was left behind
+}
+
+// A claim asks for what the byte budget can keep: after a batch the
+// budget cut at k rows, the next claim takes 2k, not BatchSize rows the
+// database locks and reads only to release again. 300 rows of 10 KiB
+// under a 32 KiB budget keep 3 a batch; claiming 500 each time would
+// release about 15,000 rows in all, sized claims at most the first
+// claim's 500 and then one row released for each published.
+func TestClaimShrinksToWhatTheBudgetKeeps(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *relay.Config) {
+		c.Workers = 1
+		c.MaxPayloadBytes = 16 << 10
+		c.MaxBatchBytes = 32 << 10
+	})
+	ctx := context.Background()
+	msgs := make([]outbox.Message, 300)
+	for i := range msgs {
+		msgs[i] = outbox.Message{RoutingKey: b.queue, Payload: bytes.Repeat([]byte("p"), 10<<10)}
+	}
+	ids, err := outbox.Enqueue(ctx, b.pool, msgs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	published, released, batches := 0, 0, 0
+	timeout := time.After(time.Minute)
+	for len(want) > 0 {
+		select {
+		case r := <-b.batches:
+			batches++
+			published += len(r.Published)
+			released += r.Released
+			for _, id := range r.Published {
+				delete(want, id)
+			}
+		case <-timeout:
+			t.Fatalf("%d messages not published within a minute", len(want))
+		}
+	}
+	t.Logf("%d batches published %d rows and released %d", batches, published, released)
+	if batches < 300/3 {
+		t.Errorf("%d batches for 300 rows of 10 KiB under a 32 KiB budget: the budget did not cut them", batches)
+	}
+	if released > 500+published {
+		t.Errorf("%d rows released for %d published: claims did not shrink to what the budget keeps", released, published)
+	}
 }

@@ -34,6 +34,11 @@ type worker struct {
 	fromStart bool
 	lastFull  time.Time
 
+	// limit is how many rows the next claim asks for: BatchSize, or fewer
+	// while rows are too large for the byte budget to keep a whole claim
+	// (see sizeClaim). asked is what the last claim asked for.
+	limit, asked int
+
 	// afterKey is where the next claim starts visiting ordering keys: the
 	// last key of the previous batch, so keys take turns.
 	afterKey string
@@ -45,8 +50,8 @@ type worker struct {
 
 	// claimAgain is set when the next claim may find rows at once, with
 	// no wake-up: the batch published a keyed row (its key's next row is
-	// now the head), or keys appeared while the claim looked at unkeyed
-	// rows only.
+	// now the head), keys appeared while the claim looked at unkeyed rows
+	// only, or the byte budget cut the batch short of what it claimed.
 	claimAgain bool
 
 	// spans are the current batch's publish spans (trace.go); nil while
@@ -91,7 +96,7 @@ func (w *worker) run(stop, ioctx context.Context) {
 		}
 		w.r.noteBatchOK()
 		failures = 0
-		if n >= w.r.cfg.BatchSize {
+		if n >= w.asked {
 			w.r.signal() // more is likely waiting: bring another worker in
 			woken = false
 			continue
@@ -196,14 +201,18 @@ func (w *worker) claimRows(ctx context.Context, tx pgx.Tx) ([]claimed, error) {
 		from, w.fromStart, w.lastFull = 0, false, time.Now()
 	}
 	cfg := &w.r.cfg
+	if w.limit == 0 {
+		w.limit = cfg.BatchSize
+	}
+	w.asked = w.limit
 	unkeyedOnly := !w.keysPending
 	rows, keys, err := claim(ctx, tx, claimArgs{
-		keyedRows:   cfg.BatchSize,
+		keyedRows:   w.limit,
 		afterKey:    w.afterKey,
 		blockOnDead: cfg.OrderingPolicy != OrderingSkip,
-		runMax:      cfg.BatchSize,
+		runMax:      w.limit,
 		fromID:      from,
-		batchRows:   cfg.BatchSize,
+		batchRows:   w.limit,
 		maxPayload:  cfg.MaxPayloadBytes,
 		maxBytes:    cfg.MaxBatchBytes,
 		unkeyedOnly: unkeyedOnly,
@@ -219,8 +228,30 @@ func (w *worker) claimRows(ctx context.Context, tx pgx.Tx) ([]claimed, error) {
 	if err := loadPayloads(ctx, tx, rows, cfg.MaxPayloadBytes, cfg.MaxBatchBytes); err != nil {
 		return nil, err
 	}
+	w.sizeClaim(rows)
 	w.advanceCursors(rows)
 	return rows, nil
+}
+
+// sizeClaim sets how many rows the next claim asks for, from what the
+// byte budget let this one keep. The database works for every row a
+// claim takes (it locks it and computes its headers' text length,
+// rowExtra), and rows past the budget's cut are only released again: 500
+// rows claimed for the 4 a budget keeps cost it 125 times the work, and
+// with 256 KiB headers a claim took a second. So after a batch cut at k
+// rows the next claim asks for 2k; a batch not cut doubles the limit back
+// towards BatchSize. Rows too large to load at all (dead for their size)
+// are kept: the batch parks them. A cut batch left rows due at once, so
+// the worker claims again without waiting for a wake-up.
+func (w *worker) sizeClaim(rows []claimed) {
+	maxPayload := w.r.cfg.MaxPayloadBytes
+	kept := slices.IndexFunc(rows, func(c claimed) bool { return c.payload == nil && c.size <= maxPayload })
+	if kept < 0 {
+		w.limit = min(2*w.limit, w.r.cfg.BatchSize)
+		return
+	}
+	w.limit = min(max(2*kept, 1), w.r.cfg.BatchSize)
+	w.claimAgain = true
 }
 
 // publish sends the batch beside the other workers, or alone when it

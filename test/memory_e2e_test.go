@@ -257,7 +257,18 @@ func TestMemoryIsBoundedWhateverTheHeadersHold(t *testing.T) {
 	want := rows + len(good)*(len(names)+1)
 	t.Logf("%d messages in the queue, published in %s; relay peak RSS %.0f MiB", q.Messages, time.Since(inserted).Round(time.Second), peak)
 	if q.Messages != want {
-		t.Errorf("queue holds %d messages, want %d", q.Messages, want)
+		// More is allowed only where the relay says why: a node that
+		// confirms nothing for confirm_timeout is left, and the rows in
+		// flight are published again (at least once). Fewer never is.
+		seen := map[string]bool{}
+		for _, d := range testenv.Consume(t, ch, queue, q.Messages, time.Minute) {
+			seen[d.MessageId] = true
+		}
+		if len(seen) != want || !strings.Contains(p.Logs(), "made no progress") {
+			t.Errorf("queue holds %d messages, %d distinct, want %d; relay logs:\n%s", q.Messages, len(seen), want, p.Logs())
+		} else {
+			t.Logf("%d messages published twice after the relay left a node that made no progress", q.Messages-want)
+		}
 	}
 	if peak >= 200 {
 		t.Fatalf("relay peak RSS %.0f MiB, want under 200 MiB", peak)

@@ -164,13 +164,15 @@ const startCheckTimeout = 10 * time.Second
 // a limit the garbage collector lets the heap grow to twice the live data
 // before it runs, and large payloads would double the relay's memory for
 // nothing (measured: a peak RSS of 238 MiB with 16 MiB payloads under
-// load, against 200 MiB promised).
+// load, against 200 MiB promised). A lower limit already in place (the
+// binary's share of its cgroup's, see main.go) stays: the configuration
+// never raises the limit past what the container allows.
 func setMemoryLimit(e *env, cfg config.Config) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return
 	}
 	batch := max(cfg.MaxBatchBytes, 16<<20, int64(cfg.MaxPayloadBytes))
-	limit := int64(cfg.Workers)*2*batch + 48<<20
+	limit := min(int64(cfg.Workers)*2*batch+48<<20, debug.SetMemoryLimit(-1))
 	debug.SetMemoryLimit(limit)
 	e.log.Debug("memory limit", "bytes", limit)
 }
