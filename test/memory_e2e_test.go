@@ -203,10 +203,10 @@ func members(n int) string {
 
 // Memory follows max_batch_bytes whatever the headers hold: 500 rows of
 // the worst headers the row limits accept, between good rows, claimed by
-// the binary as shipped with the default settings. Every row is
-// published, and the relay's peak resident set (VmHWM) stays under
-// 200 MB: a batch is cut by what its headers cost once decoded, not by
-// their stored or text size.
+// the binary as shipped with the default settings (but confirm_timeout,
+// see below). Every row is published once, and the relay's peak resident
+// set (VmHWM) stays under 200 MB: a batch is cut by what its headers cost
+// once decoded, not by their stored or text size.
 func TestMemoryIsBoundedWhateverTheHeadersHold(t *testing.T) {
 	t.Parallel()
 	m := setupMemory(t, 50)
@@ -239,7 +239,13 @@ func TestMemoryIsBoundedWhateverTheHeadersHold(t *testing.T) {
 
 	inserted := time.Now()
 	t.Logf("rows inserted in %s", inserted.Sub(start).Round(time.Second))
-	p := testenv.StartPlainRelayProc(t, "RELAY_DATABASE_URL="+dsn, "RELAY_AMQP_URL="+env.AMQPURL)
+	// The default settings but one: RabbitMQ may take more than the 5 s
+	// confirm_timeout to confirm a few 130 KB header tables of 16,000
+	// entries while every other test loads the machine, and the relay
+	// then leaves the node and publishes them again (at least once, as
+	// it should). What is counted here is memory, and every message once.
+	p := testenv.StartPlainRelayProc(t, "RELAY_DATABASE_URL="+dsn, "RELAY_AMQP_URL="+env.AMQPURL,
+		"RELAY_CONFIRM_TIMEOUT=2m")
 	testenv.Eventually(t, 5*time.Minute, "every row published", func() (bool, error) {
 		var left int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&left)
@@ -257,18 +263,7 @@ func TestMemoryIsBoundedWhateverTheHeadersHold(t *testing.T) {
 	want := rows + len(good)*(len(names)+1)
 	t.Logf("%d messages in the queue, published in %s; relay peak RSS %.0f MiB", q.Messages, time.Since(inserted).Round(time.Second), peak)
 	if q.Messages != want {
-		// More is allowed only where the relay says why: a node that
-		// confirms nothing for confirm_timeout is left, and the rows in
-		// flight are published again (at least once). Fewer never is.
-		seen := map[string]bool{}
-		for _, d := range testenv.Consume(t, ch, queue, q.Messages, time.Minute) {
-			seen[d.MessageId] = true
-		}
-		if len(seen) != want || !strings.Contains(p.Logs(), "made no progress") {
-			t.Errorf("queue holds %d messages, %d distinct, want %d; relay logs:\n%s", q.Messages, len(seen), want, p.Logs())
-		} else {
-			t.Logf("%d messages published twice after the relay left a node that made no progress", q.Messages-want)
-		}
+		t.Errorf("queue holds %d messages, want %d; relay logs:\n%s", q.Messages, want, p.Logs())
 	}
 	if peak >= 200 {
 		t.Fatalf("relay peak RSS %.0f MiB, want under 200 MiB", peak)
