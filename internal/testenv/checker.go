@@ -51,6 +51,10 @@ type Verdict struct {
 	// came after the first arrival of a later row (higher id) of the key.
 	OrderViolations int
 	Keys            int
+	// ViolationNotes describe the first violations (at most 5): the key,
+	// the late row and the later row it followed, with their first
+	// arrival, copies and publication times, for reading a failure.
+	ViolationNotes []string
 	// LongestStall is the longest time during which some committed row was
 	// pending (created, not yet published) and none was published; it ends
 	// at StallEnd. Measured on the database's clock (created_at,
@@ -110,8 +114,47 @@ func Check(h History) Verdict {
 		r := byMsg[m]
 		return r.OrderingKey, r.ID, r.OrderingKey != ""
 	})
+	v.ViolationNotes = violationNotes(h.Arrivals, first, byMsg, copies)
 	v.LongestStall, v.StallEnd = longestStall(h.Rows)
 	return v
+}
+
+// violationNotes describes up to 5 order violations among first (message
+// ids by first arrival): each late row, and the row of its key with the
+// highest id that arrived before it.
+func violationNotes(arrivals []Arrival, first []string, byMsg map[string]*CommittedRow, copies map[string]int) []string {
+	firstAt := make(map[string]time.Time, len(first))
+	for _, a := range arrivals {
+		if _, seen := firstAt[a.MessageID]; !seen {
+			firstAt[a.MessageID] = a.At
+		}
+	}
+	type seen struct {
+		msg string
+		pos int
+	}
+	highest := map[string]seen{}
+	var notes []string
+	describe := func(m string, pos int) string {
+		r := byMsg[m]
+		return fmt.Sprintf("row %d (first arrival #%d at %s, %d copies, published_at %s)",
+			r.ID, pos, firstAt[m].Format("15:04:05.000"), copies[m], r.PublishedAt.Format("15:04:05.000"))
+	}
+	for pos, m := range first {
+		r := byMsg[m]
+		if r.OrderingKey == "" {
+			continue
+		}
+		h, ok := highest[r.OrderingKey]
+		if ok && r.ID < byMsg[h.msg].ID {
+			if len(notes) < 5 {
+				notes = append(notes, fmt.Sprintf("key %q: %s after %s", r.OrderingKey, describe(m, pos), describe(h.msg, h.pos)))
+			}
+			continue
+		}
+		highest[r.OrderingKey] = seen{m, pos}
+	}
+	return notes
 }
 
 // orderViolations walks message ids in order of first arrival; lookup gives

@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -29,9 +31,10 @@ func TestCheck(t *testing.T) {
 		return r
 	}
 	tests := []struct {
-		name string
-		h    History
-		want Verdict
+		name     string
+		h        History
+		want     Verdict
+		wantNote string // in the first of want's ViolationNotes
 	}{
 		{
 			name: "each row once, in order",
@@ -53,7 +56,8 @@ func TestCheck(t *testing.T) {
 			name: "an overtake per key; other keys and unkeyed rows do not count",
 			h: History{Rows: []CommittedRow{row(1, "a", 0, 0), row(2, "a", 0, 0), row(3, "a", 0, 0), row(4, "b", 0, 0), row(5, "", 0, 0), row(6, "b", 0, 0)},
 				Arrivals: arrive(3, 1, 2, 6, 4, 5)},
-			want: Verdict{Committed: 6, Once: 6, OrderViolations: 3, Keys: 2},
+			want:     Verdict{Committed: 6, Once: 6, OrderViolations: 3, Keys: 2},
+			wantNote: `key "a": row 1 (first arrival #1`,
 		},
 		{
 			name: "stall: a gap in publications while a row waits",
@@ -75,8 +79,17 @@ func TestCheck(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			if got := Check(tc.h); got != tc.want {
+			got := Check(tc.h)
+			notes := got.ViolationNotes
+			got.ViolationNotes = nil
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("Check:\n got %+v\nwant %+v", got, tc.want)
+			}
+			if len(notes) != min(got.OrderViolations, 5) {
+				t.Errorf("%d violation notes for %d violations: %q", len(notes), got.OrderViolations, notes)
+			}
+			if tc.wantNote != "" && (len(notes) == 0 || !strings.Contains(notes[0], tc.wantNote)) {
+				t.Errorf("first violation note %q, want it to say %q", notes, tc.wantNote)
 			}
 		})
 	}
