@@ -129,7 +129,7 @@ var keys = []key{
 		c.HTTPAddr = s
 		return nil
 	})},
-	{"batch_size", "500", "rows claimed per batch", intIn(1, 100_000, func(c *Config, v int) { c.BatchSize = v })},
+	{"batch_size", "500", "rows claimed per batch (fewer while rows are too large for max_batch_bytes to keep a whole batch)", intIn(1, 100_000, func(c *Config, v int) { c.BatchSize = v })},
 	{"workers", "2", "concurrent claim/publish loops, each with its own AMQP channel", intIn(1, 64, func(c *Config, v int) { c.Workers = v })},
 	{"poll_interval", "1s", "fallback poll when no insert notification arrives", durationIn(time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.PollInterval = v })},
 	{"confirm_timeout", "5s", "how long the broker may go without confirming anything while confirms are outstanding; past it the node makes no progress: rows in flight are released uncharged and the relay moves to the next amqp_url", durationIn(time.Millisecond, time.Hour, func(c *Config, v time.Duration) { c.ConfirmTimeout = v })},

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -453,47 +454,58 @@ func TestRunReturnsPromptlyWhenCancelled(t *testing.T) {
 // database locks and reads only to release again. 300 rows of 10 KiB
 // under a 32 KiB budget keep 3 a batch; claiming 500 each time would
 // release about 15,000 rows in all, sized claims at most the first
-// claim's 500 and then one row released for each published.
+// claim's 500 and then one row released for each published. The same
+// holds for one key's deep backlog (runs are claimed from the key's
+// head), and its rows still go out in order.
 func TestClaimShrinksToWhatTheBudgetKeeps(t *testing.T) {
 	t.Parallel()
-	b := setup(t, func(c *relay.Config) {
-		c.Workers = 1
-		c.MaxPayloadBytes = 16 << 10
-		c.MaxBatchBytes = 32 << 10
-	})
-	ctx := context.Background()
-	msgs := make([]outbox.Message, 300)
-	for i := range msgs {
-		msgs[i] = outbox.Message{RoutingKey: b.queue, Payload: bytes.Repeat([]byte("p"), 10<<10)}
-	}
-	ids, err := outbox.Enqueue(ctx, b.pool, msgs...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]bool{}
-	for _, id := range ids {
-		want[id] = true
-	}
-	published, released, batches := 0, 0, 0
-	timeout := time.After(time.Minute)
-	for len(want) > 0 {
-		select {
-		case r := <-b.batches:
-			batches++
-			published += len(r.Published)
-			released += r.Released
-			for _, id := range r.Published {
-				delete(want, id)
+	for _, key := range []string{"", "hot"} {
+		t.Run("key="+key, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, func(c *relay.Config) {
+				c.Workers = 1
+				c.MaxPayloadBytes = 16 << 10
+				c.MaxBatchBytes = 32 << 10
+			})
+			ctx := context.Background()
+			msgs := make([]outbox.Message, 300)
+			for i := range msgs {
+				msgs[i] = outbox.Message{RoutingKey: b.queue, OrderingKey: key, Payload: bytes.Repeat([]byte("p"), 10<<10)}
 			}
-		case <-timeout:
-			t.Fatalf("%d messages not published within a minute", len(want))
-		}
-	}
-	t.Logf("%d batches published %d rows and released %d", batches, published, released)
-	if batches < 300/3 {
-		t.Errorf("%d batches for 300 rows of 10 KiB under a 32 KiB budget: the budget did not cut them", batches)
-	}
-	if released > 500+published {
-		t.Errorf("%d rows released for %d published: claims did not shrink to what the budget keeps", released, published)
+			ids, err := outbox.Enqueue(ctx, b.pool, msgs...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]bool{}
+			for _, id := range ids {
+				want[id] = true
+			}
+			var order []string
+			released, batches := 0, 0
+			timeout := time.After(time.Minute)
+			for len(want) > 0 {
+				select {
+				case r := <-b.batches:
+					batches++
+					released += r.Released
+					order = append(order, r.Published...)
+					for _, id := range r.Published {
+						delete(want, id)
+					}
+				case <-timeout:
+					t.Fatalf("%d messages not published within a minute", len(want))
+				}
+			}
+			t.Logf("%d batches published %d rows and released %d", batches, len(order), released)
+			if batches < 300/3 {
+				t.Errorf("%d batches for 300 rows of 10 KiB under a 32 KiB budget: the budget did not cut them", batches)
+			}
+			if released > 500+len(order) {
+				t.Errorf("%d rows released for %d published: claims did not shrink to what the budget keeps", released, len(order))
+			}
+			if key != "" && !slices.Equal(order, ids) {
+				t.Errorf("key %q: rows published out of order", key)
+			}
+		})
 	}
 }

@@ -89,6 +89,7 @@ func Check(h History) Verdict {
 	}
 	copies := make(map[string]int, len(h.Rows))
 	var first []string // committed message ids by first arrival
+	firstAt := make(map[string]time.Time, len(h.Rows))
 	for _, a := range h.Arrivals {
 		if _, ok := byMsg[a.MessageID]; !ok {
 			v.Unknown++
@@ -97,6 +98,7 @@ func Check(h History) Verdict {
 		copies[a.MessageID]++
 		if copies[a.MessageID] == 1 {
 			first = append(first, a.MessageID)
+			firstAt[a.MessageID] = a.At
 		}
 	}
 	for _, r := range h.Rows {
@@ -110,69 +112,53 @@ func Check(h History) Verdict {
 			v.ExtraCopies += n - 1
 		}
 	}
-	v.OrderViolations, v.Keys = orderViolations(first, func(m string) (string, int64, bool) {
-		r := byMsg[m]
-		return r.OrderingKey, r.ID, r.OrderingKey != ""
-	})
-	v.ViolationNotes = violationNotes(h.Arrivals, first, byMsg, copies)
-	v.LongestStall, v.StallEnd = longestStall(h.Rows)
-	return v
-}
-
-// violationNotes describes up to 5 order violations among first (message
-// ids by first arrival): each late row, and the row of its key with the
-// highest id that arrived before it.
-func violationNotes(arrivals []Arrival, first []string, byMsg map[string]*CommittedRow, copies map[string]int) []string {
-	firstAt := make(map[string]time.Time, len(first))
-	for _, a := range arrivals {
-		if _, seen := firstAt[a.MessageID]; !seen {
-			firstAt[a.MessageID] = a.At
-		}
-	}
-	type seen struct {
-		msg string
-		pos int
-	}
-	highest := map[string]seen{}
-	var notes []string
 	describe := func(m string, pos int) string {
 		r := byMsg[m]
 		return fmt.Sprintf("row %d (first arrival #%d at %s, %d copies, published_at %s)",
 			r.ID, pos, firstAt[m].Format("15:04:05.000"), copies[m], r.PublishedAt.Format("15:04:05.000"))
 	}
-	for pos, m := range first {
+	v.OrderViolations, v.Keys = orderViolations(first, func(m string) (string, int64, bool) {
 		r := byMsg[m]
-		if r.OrderingKey == "" {
-			continue
+		return r.OrderingKey, r.ID, r.OrderingKey != ""
+	}, func(key string, latePos int, after string, afterPos int) {
+		if len(v.ViolationNotes) < 5 {
+			v.ViolationNotes = append(v.ViolationNotes,
+				fmt.Sprintf("key %q: %s after %s", key, describe(first[latePos], latePos), describe(after, afterPos)))
 		}
-		h, ok := highest[r.OrderingKey]
-		if ok && r.ID < byMsg[h.msg].ID {
-			if len(notes) < 5 {
-				notes = append(notes, fmt.Sprintf("key %q: %s after %s", r.OrderingKey, describe(m, pos), describe(h.msg, h.pos)))
-			}
-			continue
-		}
-		highest[r.OrderingKey] = seen{m, pos}
-	}
-	return notes
+	})
+	v.LongestStall, v.StallEnd = longestStall(h.Rows)
+	return v
 }
 
 // orderViolations walks message ids in order of first arrival; lookup gives
 // a message's ordering key and row id (ok false: unkeyed or unknown). A
-// message whose id is below one already seen for its key is a violation.
-func orderViolations(firstArrivals []string, lookup func(string) (key string, id int64, ok bool)) (violations, keys int) {
-	last := map[string]int64{}
-	for _, m := range firstArrivals {
+// message whose id is below one already seen for its key is a violation;
+// note, when not nil, hears of each: the key, the late message's position,
+// and the message with the key's highest id seen before it and its
+// position.
+func orderViolations(firstArrivals []string, lookup func(string) (key string, id int64, ok bool),
+	note func(key string, latePos int, after string, afterPos int)) (violations, keys int) {
+	type seen struct {
+		id  int64
+		msg string
+		pos int
+	}
+	highest := map[string]seen{}
+	for pos, m := range firstArrivals {
 		key, id, ok := lookup(m)
 		if !ok {
 			continue
 		}
-		if prev, seen := last[key]; seen && id < prev {
+		if h, found := highest[key]; found && id < h.id {
 			violations++
+			if note != nil {
+				note(key, pos, h.msg, h.pos)
+			}
+			continue
 		}
-		last[key] = max(last[key], id)
+		highest[key] = seen{id, m, pos}
 	}
-	return violations, len(last)
+	return violations, len(highest)
 }
 
 // longestStall is the longest gap between consecutive publications (and

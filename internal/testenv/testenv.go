@@ -491,5 +491,5 @@ func OrderViolationsIn(t testing.TB, pool *pgxpool.Pool, table string, arrivals 
 	return orderViolations(arrivals, func(m string) (string, int64, bool) {
 		r, ok := byMsg[m]
 		return r.key, r.id, ok
-	})
+	}, nil)
 }
